@@ -1,0 +1,78 @@
+"""The fine-tuning method interface and its registry.
+
+A method changes a :class:`~fedft.modeling.TaskModel` in place (``apply``: freeze everything,
+then unfreeze or add its own tensors) and says which tensors travel in federated runs
+(``update_keys``, dense by default). Apply the method to the full model, then split it: the
+trainable tensors land in the right part without the method knowing about splitting.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedft.config import MethodConfig
+from fedft.registry import Registry
+
+
+class BaseMethod:
+    """Defaults for every hook; subclasses override ``apply`` and, where needed, the rest."""
+
+    description: ClassVar[str] = ""
+    #: True when only the new task head trains, so frozen features can be computed once
+    head_only: ClassVar[bool] = False
+
+    def __init__(self, cfg: MethodConfig) -> None:
+        self.cfg = cfg
+
+    def prompt_tokens(self) -> int:
+        """Soft prompt tokens the task model must be built with (0: none)."""
+        return 0
+
+    def deep_prompts(self) -> bool:
+        return False
+
+    def apply(self, model: nn.Module) -> None:
+        """Freeze everything, then make the method's own tensors trainable."""
+        raise NotImplementedError
+
+    def update_keys(self, model: nn.Module) -> list[str]:
+        """Names of the tensors that travel in a federated round (default: trainable, sorted)."""
+        return sorted(n for n, p in model.named_parameters() if p.requires_grad)
+
+    def on_round_start(self, model: nn.Module, server_round: int) -> None:
+        """Hook at the start of each round or epoch (default: nothing)."""
+
+    def encode_update(self, model: nn.Module) -> dict[str, np.ndarray]:
+        """The update to send: dense copies of the travelling tensors."""
+        state = dict(model.named_parameters())
+        return {k: state[k].detach().cpu().numpy().copy() for k in self.update_keys(model)}
+
+    def decode_update(self, model: nn.Module, update: dict[str, np.ndarray]) -> None:
+        """Load a received update into ``model`` (in place)."""
+        state = dict(model.named_parameters())
+        with torch.no_grad():
+            for k, v in update.items():
+                if k not in state:
+                    raise KeyError(f"update has unknown tensor {k!r}")
+                if tuple(state[k].shape) != tuple(v.shape):
+                    raise ValueError(f"update tensor {k!r} has shape {v.shape}, expected {tuple(state[k].shape)}")
+                state[k].copy_(torch.from_numpy(np.asarray(v)))
+
+
+METHODS: Registry[type[BaseMethod]] = Registry("method")
+
+
+def freeze_all(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def unfreeze(modules: list[nn.Module | None]) -> None:
+    for m in modules:
+        if m is not None:
+            for p in m.parameters():
+                p.requires_grad_(True)

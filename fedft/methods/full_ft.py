@@ -1,0 +1,16 @@
+"""Full fine-tuning: every backbone weight and the new classifier train (and travel)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fedft.methods.base import METHODS, BaseMethod
+
+
+@METHODS.register("full_ft")
+class FullFT(BaseMethod):
+    description = "train every weight of the backbone and the new classifier"
+
+    def apply(self, model: nn.Module) -> None:
+        for p in model.parameters():
+            p.requires_grad_(True)

@@ -1,0 +1,20 @@
+"""Linear probing: only the new classifier trains; the backbone is frozen.
+
+What trains and travels: ``classifier.weight`` and ``classifier.bias``.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fedft.methods.base import METHODS, BaseMethod, freeze_all, unfreeze
+
+
+@METHODS.register("linear_probe")
+class LinearProbe(BaseMethod):
+    description = "train only a new linear classifier on frozen features"
+    head_only = True
+
+    def apply(self, model: nn.Module) -> None:
+        freeze_all(model)
+        unfreeze([model.classifier])

@@ -1,0 +1,113 @@
+"""Local training and evaluation loops shared by central runs and federated clients."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedft.config import TrainConfig
+from fedft.data.datasets import EncodedSplit
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed torch and return a numpy generator for data order."""
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Trainable parameters grouped by learning rate: prompts, the new task head, the rest."""
+    groups: dict[str, list[nn.Parameter]] = {"prompt": [], "head": [], "rest": []}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf.startswith("prompt_") or ".prompt_" in name or name.startswith("prompt"):
+            groups["prompt"].append(p)
+        elif name.startswith("classifier.") or ".classifier." in name:
+            groups["head"].append(p)
+        else:
+            groups["rest"].append(p)
+    lrs = {"prompt": cfg.prompt_lr or cfg.lr, "head": cfg.head_lr or cfg.lr, "rest": cfg.lr}
+    return [{"params": ps, "lr": lrs[k], "name": k} for k, ps in groups.items() if ps]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The configured optimizer over the trainable parameters of ``model``."""
+    groups = param_groups(model, cfg)
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    """Multiplier of the base learning rates at ``step`` of ``total`` (epochs or rounds)."""
+    if cfg.schedule == "cosine" and total > 1:
+        return 0.5 * (1 + math.cos(math.pi * step / total))
+    return 1.0
+
+
+def set_lr_factor(opt: torch.optim.Optimizer, base: list[float], factor: float) -> None:
+    for g, lr in zip(opt.param_groups, base, strict=True):
+        g["lr"] = lr * factor
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    n: int
+
+
+def accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """(correct, counted): per sample for classification, per next token for causal LM logits."""
+    if logits.dim() == 3:  # (B, T, V) causal LM: position t predicts token t + 1
+        pred = logits[:, :-1].argmax(-1)
+        tgt = labels[:, 1:]
+        keep = tgt != -100
+        return int((pred[keep] == tgt[keep]).sum()), int(keep.sum())
+    return int((logits.argmax(-1) == labels).sum()), len(labels)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: EncodedSplit, batch_size: int, idx: np.ndarray | None = None) -> EvalResult:
+    """Mean loss and accuracy of ``model`` (anything with ``forward(batch)`` and ``loss``) on a split."""
+    was = model.training
+    model.eval()
+    idx = np.arange(len(split)) if idx is None else idx
+    loss_sum, correct, count, n = 0.0, 0, 0, 0
+    for batch in split.batches(idx, batch_size):
+        logits = model(batch)
+        b = len(batch["labels"])
+        loss_sum += float(model.loss(logits, batch)) * b  # type: ignore[operator]
+        c, k = accuracy_counts(logits, batch["labels"])
+        correct, count, n = correct + c, count + k, n + b
+    model.train(was)
+    return EvalResult(loss_sum / max(n, 1), correct / max(count, 1), n)
+
+
+def train_epoch(
+    model: nn.Module, split: EncodedSplit, idx: np.ndarray, batch_size: int,
+    opt: torch.optim.Optimizer, rng: np.random.Generator, batches: Iterable | None = None,
+) -> tuple[float, int]:
+    """One epoch of minibatch training over samples ``idx``; returns (mean loss, samples)."""
+    model.train()
+    loss_sum, n = 0.0, 0
+    for batch in batches if batches is not None else split.batches(idx, batch_size, shuffle=True, rng=rng):
+        opt.zero_grad(set_to_none=True)
+        logits = model(batch)
+        loss = model.loss(logits, batch)  # type: ignore[operator]
+        loss.backward()
+        opt.step()
+        b = len(batch["labels"])
+        loss_sum, n = loss_sum + float(loss) * b, n + b
+    return loss_sum / max(n, 1), n
