@@ -30,11 +30,10 @@ MODEL_ASSETS = ("dinov2-small", "minilm-l6", "smollm2-135m")
 
 @dataclass
 class LoadedBackbone:
-    """A base HF model (plus the LM head for causal LMs) and where it came from."""
+    """A HF model (the base model, or the ``*ForCausalLM`` model for LM tasks) and its source."""
 
     model: nn.Module
-    lm_head: nn.Module | None
-    source: str  # directory, hub id or "tiny"
+    source: str  # directory, hub id or "tiny-<model_type>"
 
     @property
     def config(self) -> Any:
@@ -55,7 +54,7 @@ def resolve(name: str) -> str:
 
 
 def load_backbone(cfg: ModelConfig, seed: int = 0) -> LoadedBackbone:
-    """Load the base model named by ``cfg.name`` in fp32 (and its LM head for causal LM tasks)."""
+    """Load the model named by ``cfg.name`` in fp32 (with its LM head for causal LM tasks)."""
     import transformers
 
     source = resolve(cfg.name)
@@ -80,9 +79,7 @@ def load_backbone(cfg: ModelConfig, seed: int = 0) -> LoadedBackbone:
                 "(offline? use an asset name such as dinov2-small and run: fedft assets)"
             ) from None
     full.eval()
-    if causal:
-        return LoadedBackbone(full.model, full.lm_head, source)
-    return LoadedBackbone(full, None, source)
+    return LoadedBackbone(full, source)
 
 
 def load_preprocessor(backbone: LoadedBackbone, data: DataConfig) -> Any:

@@ -109,5 +109,5 @@ def train_epoch(
         loss.backward()
         opt.step()
         b = len(batch["labels"])
-        loss_sum, n = loss_sum + float(loss) * b, n + b
+        loss_sum, n = loss_sum + float(loss.detach()) * b, n + b
     return loss_sum / max(n, 1), n

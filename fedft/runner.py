@@ -1,0 +1,31 @@
+"""``fedft run``: one experiment from a config to a run directory and a summary table."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from fedft.config import ExperimentConfig
+from fedft.outputs import RunDir, default_run_dir, print_summary
+from fedft.strategies import STRATEGIES
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: ExperimentConfig, out: str | Path | None = None, show: bool = True) -> dict[str, Any]:
+    """Run ``cfg``; writes config.toml, metrics.csv, summary.json and plots; returns the summary."""
+    rd = RunDir(out or default_run_dir(cfg))
+    rd.write_config(cfg)
+    family = STRATEGIES.get(cfg.federation.strategy).family
+    if family == "central":
+        from fedft.central import run_central
+
+        summary = run_central(cfg, rd)
+    else:  # pragma: no cover - registered only once the federated engine exists
+        raise NotImplementedError(family)
+    summary["run_dir"] = str(rd.path)
+    rd.write_summary(summary)
+    if show:
+        print_summary(summary, title=f"fedft run: {cfg.federation.strategy} / {cfg.method.name}")
+    return summary

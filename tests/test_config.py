@@ -1,0 +1,65 @@
+"""Config parsing: TOML, --set overrides, Flower run_config, and one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedft.config import ExperimentConfig, parse_overrides
+from fedft.errors import ConfigError
+
+
+def test_defaults_and_overrides_cast_types():
+    cfg = ExperimentConfig.from_overrides(["train.lr=0.01", "train.epochs=3", "method.sfprompt.keep-ratio=0.3",
+                                           "output.plots=false", "seed=7"])
+    assert cfg.train.lr == 0.01 and cfg.train.epochs == 3
+    assert cfg.method.sfprompt.keep_ratio == 0.3
+    assert cfg.output.plots is False and cfg.seed == 7
+
+
+def test_toml_then_overrides(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('seed = 3\n[train]\nlr = 0.5\nepochs = 2\n[method.sfprompt]\nlocal_epochs = 0\n')
+    cfg = ExperimentConfig.from_toml(p, ["train.lr=0.25"])
+    assert (cfg.seed, cfg.train.lr, cfg.train.epochs, cfg.method.sfprompt.local_epochs) == (3, 0.25, 2, 0)
+
+
+def test_run_config_roundtrip():
+    cfg = ExperimentConfig.from_overrides(["split.head_blocks=1", "data.name=digits"])
+    flat = cfg.to_run_config()
+    assert flat["split.head_blocks"] == 1
+    kebab = {k.replace("_", "-"): str(v) for k, v in flat.items()}  # Flower delivers kebab keys, maybe strings
+    assert ExperimentConfig.from_run_config(kebab) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("bogus.key=1", "unknown config key 'bogus'"),
+        ("train.lrr=0.1", "unknown config key 'train.lrr'; valid keys in [train]"),
+        ("train.optimizer=rmsprop", "allowed: sgd, adam, adamw"),
+        ("train.epochs=two", "bad value 'two' for train.epochs; expected int"),
+        ("method.sfprompt.keep_ratio=1.5", "method.sfprompt.keep_ratio"),
+        ("output.plots=maybe", "allowed: true, false"),
+        ("train=3", "[train] must be a table"),
+    ],
+)
+def test_bad_input_names_the_field(override, needle):
+    with pytest.raises(ConfigError) as e:
+        ExperimentConfig.from_overrides([override])
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        ExperimentConfig.from_toml(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        ExperimentConfig.from_toml(bad)
+
+
+def test_override_syntax():
+    assert parse_overrides(["a.b=1"]) == {"a": {"b": "1"}}
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_overrides(["novalue"])
