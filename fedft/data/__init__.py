@@ -1,0 +1,1 @@
+"""Datasets: pure partitioning functions and raw readers for the offline assets."""
