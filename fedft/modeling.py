@@ -1,0 +1,244 @@
+"""The task model: a Hugging Face base model, optional soft prompts, a readout and a task head.
+
+``TaskModel.forward`` is written as the three steps that a split cuts apart: ``embed`` (embeddings
+and prompt insertion), ``run_blocks`` (transformer blocks) and ``logits_from`` (final norm,
+readout, classifier or LM head). :func:`fedft.split.split_model` builds the head, body and tail
+from these same methods, so the split and the unsplit model run the same code.
+
+Batches are dicts: images ``{"pixel_values", "labels"}``, text ``{"input_ids", "attention_mask",
+"labels"}``. ``tiny_config``, ``backbone_from_config``, ``tiny_task_model`` and ``tiny_batch``
+build small random models and synthetic batches for tests without touching the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig
+
+from fedft.split.arch import ARCHS, Arch, arch_for
+from fedft.split.prompts import SoftPrompt
+
+Task = Literal["classification", "causal_lm"]
+Readout = Literal["mean", "cls", "tokens"]
+READOUTS = ("mean", "cls", "tokens")
+TASKS = ("classification", "causal_lm")
+
+
+class TaskModel(nn.Module):
+    """Backbone + optional :class:`SoftPrompt` + readout + output layer, over an :class:`Arch`.
+
+    ``readout``: ``mean`` (masked mean over every non-CLS token, prompts included), ``cls``
+    (the CLS token) or ``tokens`` (one output per input token; prompt rows are dropped).
+    """
+
+    def __init__(
+        self, backbone: nn.Module, arch: Arch, output: nn.Module, task: Task = "classification",
+        readout: Readout = "mean", prompt: SoftPrompt | None = None,
+    ) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        if readout == "cls" and not arch.has_cls:
+            raise ValueError(f"readout='cls' needs a CLS token; {type(arch).__name__} has none")
+        if task == "causal_lm" and readout != "tokens":
+            raise ValueError(f"task='causal_lm' needs readout='tokens', got {readout!r}")
+        self.backbone, self.arch, self.prompt = backbone, arch, prompt
+        self.task, self.readout = task, readout
+        # the output layer keeps its usual name, so parameter names say what they are
+        self.output_name = "lm_head" if task == "causal_lm" else "classifier"
+        self.add_module(self.output_name, output)
+
+    @property
+    def output_layer(self) -> nn.Module:
+        """The classifier (classification) or the model's LM head (causal LM)."""
+        return getattr(self, self.output_name)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.arch.blocks(self.backbone)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def n_prompts(self) -> int:
+        return 0 if self.prompt is None else self.prompt.n_tokens
+
+    def embed(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embeddings with the prompts spliced in: (B, T + P, D) and the (B, T + P) mask."""
+        h, mask = self.arch.embed(self.backbone, batch)  # (B, T, D), (B, T) | None
+        if self.prompt is not None:
+            at = self.arch.prompt_index
+            h, mask = self.prompt.insert(h, at), self.prompt.extend_mask(mask, at)
+        return h, mask
+
+    def run_blocks(
+        self, blocks: Sequence[nn.Module], h: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Run ``blocks`` on ``h`` (B, T, D); no blocks is the identity."""
+        return self.arch.run_blocks(self.backbone, blocks, h, mask) if len(blocks) else h
+
+    def pool(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Readout of the normed sequence (B, T, D): (B, D), or (B, T - P, D) for ``tokens``."""
+        if self.readout == "cls":
+            return h[:, self.arch.cls_index]
+        if self.readout == "tokens":
+            at = self.arch.prompt_index
+            return torch.cat([h[:, :at], h[:, at + self.n_prompts :]], dim=1) if self.prompt else h
+        start = 1 if self.arch.has_cls else 0
+        h = h[:, start:]  # (B, T - 1, D): prompts + patches / tokens
+        if mask is None:
+            return h.mean(dim=1)
+        m = mask[:, start:, None].to(h.dtype)  # (B, T - 1, 1)
+        return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+    def logits_from(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Final norm, readout and output layer on the last block's output (B, T, D)."""
+        return self.output_layer(self.pool(self.arch.finish(self.backbone, h), mask))
+
+    def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Logits: (B, C) for pooled readouts, (B, T, C or V) for ``tokens``."""
+        h, mask = self.embed(batch)
+        if self.prompt is not None and self.prompt.deep_layers:
+            at = self.arch.prompt_index
+            for i, block in enumerate(self.blocks):
+                if 0 < i <= self.prompt.deep_layers:
+                    h = self.prompt.replace(h, i - 1, at)
+                h = self.arch.run_block(self.backbone, block, h, mask)
+        else:
+            h = self.run_blocks(self.blocks, h, mask)
+        return self.logits_from(h, mask)
+
+    def loss(self, logits: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Cross entropy; for causal LM the shifted next-token loss, padding and -100 ignored."""
+        if self.task == "causal_lm":
+            labels = batch.get("labels", batch["input_ids"]).clone()  # (B, T)
+            if batch.get("attention_mask") is not None:
+                labels[batch["attention_mask"] == 0] = -100
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        else:
+            labels = batch["labels"]
+        return F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-100)
+
+    def freeze_backbone(self) -> None:
+        """Freeze every backbone weight (prompts and output layer keep their flags)."""
+        self.backbone.requires_grad_(False)
+
+
+def build_task_model(
+    backbone: nn.Module, task: Task = "classification", num_labels: int = 0,
+    prompt_len: int = 0, deep_prompts: bool = False, readout: Readout | None = None,
+    prompt_dropout: float = 0.0,
+) -> TaskModel:
+    """Wrap a Hugging Face model (base or ``*For*`` model) as a :class:`TaskModel`.
+
+    ``readout`` defaults to ``mean`` for classification and ``tokens`` for causal LM. Causal LM
+    needs a model with an LM head (``LlamaForCausalLM``); classification adds a new
+    ``Linear(D, num_labels)``.
+    """
+    base = getattr(backbone, "base_model", backbone)
+    arch = arch_for(base)
+    dim = base.config.hidden_size
+    if task == "causal_lm":
+        output = backbone.get_output_embeddings() if base is not backbone else None
+        if output is None:
+            raise ValueError("task='causal_lm' needs a model with an LM head, e.g. LlamaForCausalLM")
+    elif task == "classification":
+        if num_labels < 1:
+            raise ValueError(f"classification needs num_labels >= 1, got {num_labels}")
+        output = nn.Linear(dim, num_labels)
+    else:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    prompt = None
+    if prompt_len:
+        n_layers = len(arch.blocks(base))
+        patch = getattr(base.config, "patch_size", None)
+        fan_in = 3 * patch * patch if arch.modality == "image" and isinstance(patch, int) else None
+        prompt = SoftPrompt(
+            prompt_len, dim, deep_layers=n_layers - 1 if deep_prompts else 0,
+            dropout=prompt_dropout, fan_in=fan_in,
+        )
+    elif deep_prompts:
+        raise ValueError("deep_prompts=True needs prompt_len >= 1")
+    readout = readout or ("tokens" if task == "causal_lm" else "mean")
+    return TaskModel(base, arch, output, task=task, readout=readout, prompt=prompt)
+
+
+_TINY: dict[str, dict[str, Any]] = {
+    "vit": dict(image_size=16, patch_size=4, intermediate_size=64),
+    "dinov2": dict(image_size=16, patch_size=4, mlp_ratio=2, layerscale_value=1.0),
+    "bert": dict(vocab_size=99, intermediate_size=64, max_position_embeddings=64),
+    "llama": dict(
+        vocab_size=99, intermediate_size=64, max_position_embeddings=64, num_key_value_heads=1,
+        pad_token_id=0, tie_word_embeddings=False,
+    ),
+}
+
+
+def tiny_config(model_type: str, **overrides: Any) -> PretrainedConfig:
+    """A tiny config (hidden 32, 4 layers, 2 heads, intermediate 64, vocab 99, 16 px / patch 4)."""
+    if model_type not in _TINY:
+        raise KeyError(f"no tiny config for {model_type!r}; valid: {', '.join(sorted(_TINY))}")
+    kwargs = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, **_TINY[model_type])
+    kwargs.update(overrides)
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def arch_for_type(model_type: str) -> Arch:
+    """The adapter registered for a ``config.model_type``."""
+    return ARCHS.get(model_type)()
+
+
+def backbone_from_config(config: PretrainedConfig, task: Task = "classification") -> nn.Module:
+    """A randomly initialised model from a config (base model, or ``*ForCausalLM`` for LM)."""
+    factory = AutoModelForCausalLM if task == "causal_lm" else AutoModel
+    return factory.from_config(config)
+
+
+def tiny_task_model(
+    model_type: str, prompt_len: int = 0, readout: Readout | None = None, num_labels: int = 3,
+    seed: int = 0, deep_prompts: bool = False, **overrides: Any,
+) -> TaskModel:
+    """A seeded tiny :class:`TaskModel` in eval mode: llama as causal LM, the rest classify."""
+    torch.manual_seed(seed)
+    task: Task = "causal_lm" if model_type == "llama" else "classification"
+    hf = backbone_from_config(tiny_config(model_type, **overrides), task)
+    model = build_task_model(
+        hf, task, num_labels=num_labels, prompt_len=prompt_len, deep_prompts=deep_prompts,
+        readout=readout,
+    )
+    return model.eval()
+
+
+def tiny_batch(
+    model_type: str, batch_size: int = 3, seq_len: int = 8, padding: str = "none",
+    num_labels: int = 3, seed: int = 1,
+) -> dict[str, torch.Tensor]:
+    """A synthetic batch for :func:`tiny_task_model`: images (B, 3, 16, 16) or ids (B, T).
+
+    ``padding`` (text): ``none``, ``right`` or ``left``; rows 2 and 3 lose 3 and 5 tokens.
+    Causal LM labels are the ids with -100 at padding.
+    """
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, num_labels, (batch_size,), generator=g)
+    if arch_for_type(model_type).modality == "image":
+        return {"pixel_values": torch.randn(batch_size, 3, 16, 16, generator=g), "labels": labels}
+    ids = torch.randint(1, 99, (batch_size, seq_len), generator=g)
+    mask = torch.ones(batch_size, seq_len, dtype=torch.long)
+    if padding not in ("none", "right", "left"):
+        raise ValueError(f"padding must be none, right or left, got {padding!r}")
+    for i, n_pad in enumerate([0, 3, 5][:batch_size] if padding != "none" else []):
+        if n_pad:
+            mask[i, slice(seq_len - n_pad, None) if padding == "right" else slice(0, n_pad)] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    if model_type == "llama":
+        labels = ids.masked_fill(mask == 0, -100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

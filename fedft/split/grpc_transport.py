@@ -1,0 +1,184 @@
+"""gRPC transport: the client side of the body service (:mod:`fedft.federated.body_service`).
+
+One persistent channel per transport, opened inside a client's train handler so its autograd
+graph stays in memory (``platform/flower.md`` §9)::
+
+    with GrpcTransport(address, token, ledger, round=r, client=cid, T=75, D=384, max_batch=16) as tr:
+        z = tr.forward(h, None)       # activations up, activations down
+        g_h = tr.backward(g_z)        # gradients up, gradients down
+
+Messages are the same codec frames as :class:`~fedft.split.transport.LoopbackTransport` sends,
+and the ledger gets ``len()`` of each request and reply of every completed call, so a step
+records the same bytes over both transports. Open and Close payloads are recorded as ``control``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import grpc
+import torch
+
+from fedft import keys
+from fedft.accounting import CommLedger, Direction, Kind, Phase
+from fedft.errors import FedftError
+from fedft.split import codec
+from fedft.split.codec import WireDtype
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
+
+
+class BodyServiceError(FedftError):
+    """A body-service call failed; ``code`` is the gRPC status code."""
+
+    def __init__(self, method: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"body service {method} failed: {code.name}: {details}")
+        self.method, self.code, self.details = method, code, details
+
+
+def method_path(name: str) -> str:
+    """Full gRPC path of a body-service method, e.g. ``/fedft.Body/Forward``."""
+    return f"/{keys.BODY_SERVICE}/{name}"
+
+
+class GrpcTransport:
+    """Client of the body service implementing the :class:`~fedft.split.transport.Transport` protocol.
+
+    Args:
+        address: ``host:port`` of the body service.
+        token: the per-run secret the ServerApp handed out.
+        T, D, max_batch: the shapes negotiated at Open; the server refuses other shapes.
+        wire: precision of the activations and gradients on the wire.
+        root_certificates: PEM bytes of the CA that signed the server certificate (TLS);
+            plaintext when ``None``.
+        timeout_s: deadline of each call (a ``shared`` body may make a Forward wait).
+    """
+
+    def __init__(
+        self, address: str, token: str, ledger: CommLedger, *, round: int = 0, client: str = "0",
+        phase: str = Phase.SPLIT, wire: WireDtype = "fp32", T: int, D: int, max_batch: int,
+        root_certificates: bytes | None = None, timeout_s: float | None = 300.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.address, self.ledger = address, ledger
+        self.round, self.client, self.phase, self.wire = round, str(client), str(phase), wire
+        self.T, self.D, self.max_batch = T, D, max_batch
+        self.timeout_s = timeout_s
+        self._token, self._roots, self._max = token, root_certificates, max_message_bytes
+        self._channel: grpc.Channel | None = None
+        self._calls: dict[str, grpc.UnaryUnaryMultiCallable] = {}
+        self._metadata: tuple[tuple[str, str], ...] = ((keys.BODY_MD_TOKEN, token),)
+        self.session: str | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def open(self) -> str:
+        """Open the channel and a session on the server; return the session id."""
+        if self.session is not None:
+            return self.session
+        if self._channel is None:
+            options = [("grpc.max_receive_message_length", self._max),
+                       ("grpc.max_send_message_length", self._max)]
+            if self._roots is None:
+                self._channel = grpc.insecure_channel(self.address, options=options)
+            else:
+                creds = grpc.ssl_channel_credentials(root_certificates=self._roots)
+                self._channel = grpc.secure_channel(self.address, creds, options=options)
+            self._calls = {
+                name: self._channel.unary_unary(method_path(name))  # raw bytes both ways
+                for name in (keys.BODY_OPEN, keys.BODY_FORWARD, keys.BODY_BACKWARD, keys.BODY_CLOSE)
+            }
+        request = self.open_request()
+        reply = self._call(keys.BODY_OPEN, request)
+        self.ledger.add(self.round, self.client, self.phase, Kind.CONTROL, len(request), Direction.UP)
+        self.ledger.add(self.round, self.client, self.phase, Kind.CONTROL, len(reply), Direction.DOWN)
+        self.session = str(json.loads(reply)[keys.BODY_OPEN_SESSION])
+        self._metadata = ((keys.BODY_MD_TOKEN, self._token), (keys.BODY_MD_SESSION, self.session))
+        return self.session
+
+    def open_request(self) -> bytes:
+        """The JSON control payload of Open: who this client is and the negotiated shapes."""
+        return json.dumps({
+            keys.BODY_OPEN_CLIENT: self.client, keys.BODY_OPEN_ROUND: self.round,
+            keys.BODY_OPEN_PHASE: self.phase, keys.BODY_OPEN_WIRE: self.wire,
+            keys.BODY_OPEN_T: self.T, keys.BODY_OPEN_D: self.D,
+            keys.BODY_OPEN_MAX_BATCH: self.max_batch,
+        }).encode()
+
+    def close(self) -> None:
+        """Close the session (tolerating one the server already reaped) and the channel."""
+        try:
+            if self.session is not None and self._channel is not None:
+                request = b""
+                try:
+                    reply = self._call(keys.BODY_CLOSE, request)
+                except BodyServiceError as e:
+                    if e.code is not grpc.StatusCode.NOT_FOUND:
+                        raise
+                else:
+                    for n, d in ((len(request), Direction.UP), (len(reply), Direction.DOWN)):
+                        self.ledger.add(self.round, self.client, self.phase, Kind.CONTROL, n, d)
+        finally:
+            self.session = None
+            self._metadata = ((keys.BODY_MD_TOKEN, self._token),)
+            if self._channel is not None:
+                self._channel.close()
+                self._channel, self._calls = None, {}
+
+    def __enter__(self) -> GrpcTransport:
+        self.open()
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            self.close()
+        except BodyServiceError as e:
+            if exc_type is None:
+                raise
+            log.warning("closing the body-service session failed too: %s", e)  # keep the first error
+
+    # ---- the Transport protocol ------------------------------------------------------------------
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Send the head output (and the (B, T) mask); return the body output."""
+        request = codec.encode_many([h] if mask is None else [h, mask], self.wire)
+        reply = self._step(keys.BODY_FORWARD, request, Kind.ACTIVATIONS_UP, Kind.ACTIVATIONS_DOWN)
+        return codec.decode(reply).to(device=h.device, dtype=h.dtype)
+
+    def backward(self, grad: torch.Tensor) -> torch.Tensor:
+        """Send the gradient at the body output; return the gradient at the body input."""
+        request = codec.encode(grad, self.wire)
+        reply = self._step(keys.BODY_BACKWARD, request, Kind.GRADS_UP, Kind.GRADS_DOWN)
+        return codec.decode(reply).to(device=grad.device, dtype=grad.dtype)
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    def _step(self, name: str, request: bytes, up: Kind, down: Kind) -> bytes:
+        if self.session is None:
+            self.open()
+        try:
+            reply = self._call(name, request)
+        except BodyServiceError as e:
+            # A session idle for longer than the server's TTL (a long local phase between
+            # batches) was reaped; no graph was pending before a Forward, so start a new one.
+            if name != keys.BODY_FORWARD or e.code is not grpc.StatusCode.NOT_FOUND:
+                raise
+            log.warning("body-service session of client %s expired; opening a new one", self.client)
+            self.session = None
+            self.open()
+            reply = self._call(name, request)
+        self.ledger.add(self.round, self.client, self.phase, up, len(request))
+        self.ledger.add(self.round, self.client, self.phase, down, len(reply))
+        return reply
+
+    def _call(self, name: str, request: bytes) -> bytes:
+        try:
+            return self._calls[name](request, timeout=self.timeout_s, metadata=self._metadata)
+        except grpc.RpcError as e:
+            code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+            details = e.details() if hasattr(e, "details") else str(e)
+            raise BodyServiceError(name, code, details or "") from e
