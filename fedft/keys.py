@@ -1,0 +1,60 @@
+"""Every string that crosses a process boundary.
+
+Client and server import the same constant, so a typo fails at import time instead of being a
+silently ignored setting.
+"""
+
+# --- Body service (grpcio side channel for per-batch split traffic) -------------------------------
+# Service and method names: the full method path is f"/{BODY_SERVICE}/{BODY_FORWARD}".
+BODY_SERVICE = "fedft.Body"
+BODY_OPEN = "Open"
+BODY_FORWARD = "Forward"
+BODY_BACKWARD = "Backward"
+BODY_CLOSE = "Close"
+
+# gRPC metadata keys (lower case, as gRPC requires).
+BODY_MD_TOKEN = "x-fedft-token"
+BODY_MD_SESSION = "x-fedft-session"
+
+# Fields of the JSON control payloads of Open (request and reply) and Close (reply).
+BODY_OPEN_CLIENT = "client"
+BODY_OPEN_ROUND = "round"
+BODY_OPEN_PHASE = "phase"
+BODY_OPEN_WIRE = "wire"
+BODY_OPEN_T = "T"
+BODY_OPEN_D = "D"
+BODY_OPEN_MAX_BATCH = "max_batch"
+BODY_OPEN_SESSION = "session"
+BODY_OPEN_MODE = "mode"
+BODY_OPEN_TTL = "ttl_s"
+BODY_CLOSE_STEPS = "steps"
+
+# --- Flower records (train messages and replies) -----------------------------------------------
+ARRAYS = "arrays"  # ArrayRecord: global client-side state down, the client's update up
+CONFIG = "config"  # ConfigRecord of the train message
+METRICS = "metrics"  # MetricRecord of the reply
+BODY_ARRAYS = "body"  # ArrayRecord: the server body handed to a client (none in fedft's strategies)
+
+# ConfigRecord keys of a train message.
+SERVER_ROUND = "server-round"
+RUN_CONFIG_TOML = "fedft-config"  # the resolved experiment config, TOML text
+BODY_ADDRESS = "body-address"
+BODY_TOKEN = "body-token"
+BODY_ROOT_CERT = "body-root-cert"  # PEM bytes, when the body service runs with TLS
+
+# MetricRecord keys of a reply.
+NUM_EXAMPLES = "num-examples"
+NUM_KEPT = "num-kept"
+TRAIN_LOSS = "train-loss"
+LOCAL_LOSS = "local-loss"
+CLIENT_FLOPS = "client-flops"
+CLIENT_SECONDS = "client-seconds"
+CLIENT_BYTES_PREFIX = "bytes-"  # + ledger kind: the client's own count of body-service bytes
+
+# Node config keys (simulation sets the first two; deployment passes all via --node-config).
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+DATA_HOME = "fedft-home"
+
+# Custom action (query) used once before training to map node ids to partition ids.
+QUERY_HELLO = "hello"
