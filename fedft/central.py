@@ -19,12 +19,18 @@ from tqdm.auto import tqdm
 
 from fedft.config import ExperimentConfig
 from fedft.data.datasets import EncodedSplit, RawData, encode, load_raw
+from fedft.errors import ConfigError
 from fedft.methods import METHODS, BaseMethod
 from fedft.modeling import TaskModel, build_task_model
 from fedft.models import load_backbone, load_preprocessor
 from fedft.outputs import METRICS, RunDir, read_metrics
 from fedft.train import (
-    evaluate, lr_factor, make_optimizer, seed_everything, set_lr_factor, train_epoch,
+    evaluate,
+    lr_factor,
+    make_optimizer,
+    seed_everything,
+    set_lr_factor,
+    train_epoch,
 )
 
 log = logging.getLogger(__name__)
@@ -89,13 +95,20 @@ def run_central(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
     train, test = load_task_data(cfg, pre, raw)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     net: nn.Module = model
-    if method.head_only and model.prompt is None and model.task == "classification":
+    cache = method.head_only and model.prompt is None and model.task == "classification"
+    if cfg.train.optimizer == "lbfgs" and not cache:
+        raise ConfigError("train.optimizer=lbfgs needs a head-only method (linear_probe) on a "
+                          "classification task; use sgd, adam or adamw")
+    run.start_metrics(["epoch", "train_loss", "loss", "accuracy", "seconds"])
+    if cache:
         train = cached_features(model, train, cfg.train.eval_batch_size, "features (train)")
         test = cached_features(model, test, cfg.train.eval_batch_size, "features (test)")
         net = _HeadOnFeatures(model)
+    if cfg.train.optimizer == "lbfgs":
+        return _finish(cfg, run, model, *_lbfgs_probe(net, train, test, cfg, run, t0), len(train), len(test),
+                       trainable, t0)
     opt = make_optimizer(net, cfg.train)
     base_lrs = [g["lr"] for g in opt.param_groups]
-    run.start_metrics(["epoch", "train_loss", "loss", "accuracy", "seconds"])
     result = evaluate(net, test, cfg.train.eval_batch_size)
     run.append_metrics({"epoch": 0, "loss": result.loss, "accuracy": result.accuracy,
                         "seconds": time.time() - t0})
@@ -108,6 +121,35 @@ def run_central(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
         run.append_metrics({"epoch": epoch, "train_loss": train_loss, "loss": result.loss,
                             "accuracy": result.accuracy, "seconds": time.time() - t0})
         bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{result.accuracy:.3f}")
+    return _finish(cfg, run, model, result.accuracy, result.loss, len(train), len(test), trainable, t0)
+
+
+def _lbfgs_probe(net: nn.Module, train: EncodedSplit, test: EncodedSplit, cfg: ExperimentConfig,
+                 run: RunDir, t0: float) -> tuple[float, float]:
+    """Full-batch L-BFGS on cached features, L2 penalty ``weight_decay / 2 * ||W||^2`` (a convex probe)."""
+    opt = torch.optim.LBFGS(net.parameters(), lr=1.0, max_iter=20, history_size=20,
+                            line_search_fn="strong_wolfe")
+    batch = train.batch(np.arange(len(train)))
+    weight = net.head.weight  # type: ignore[union-attr]
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = net.loss(net(batch), batch) + 0.5 * cfg.train.weight_decay * weight.pow(2).sum()  # type: ignore[operator]
+        loss.backward()
+        return loss
+
+    result = evaluate(net, test, cfg.train.eval_batch_size)
+    run.append_metrics({"epoch": 0, "loss": result.loss, "accuracy": result.accuracy, "seconds": time.time() - t0})
+    for epoch in tqdm(range(1, cfg.train.epochs + 1), desc="L-BFGS", unit="epoch"):
+        train_loss = float(opt.step(closure))
+        result = evaluate(net, test, cfg.train.eval_batch_size)
+        run.append_metrics({"epoch": epoch, "train_loss": train_loss, "loss": result.loss,
+                            "accuracy": result.accuracy, "seconds": time.time() - t0})
+    return result.accuracy, result.loss
+
+
+def _finish(cfg: ExperimentConfig, run: RunDir, model: TaskModel, accuracy: float, loss: float,
+            n_train: int, n_test: int, trainable: int, t0: float) -> dict[str, Any]:
     if cfg.output.plots:
         from fedft.plots import plot_accuracy
 
@@ -118,10 +160,10 @@ def run_central(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
         "model": cfg.model.name,
         "dataset": cfg.data.name,
         "epochs": cfg.train.epochs,
-        "train_samples": len(train),
-        "test_samples": len(test),
+        "train_samples": n_train,
+        "test_samples": n_test,
         "trainable_params": trainable,
-        "final_accuracy": result.accuracy,
-        "final_loss": result.loss,
+        "final_accuracy": accuracy,
+        "final_loss": loss,
         "wall_seconds": round(time.time() - t0, 2),
     }

@@ -23,7 +23,7 @@ def _load_config(args: argparse.Namespace):  # -> ExperimentConfig
     from fedft.strategies import STRATEGIES
 
     overrides = list(args.set or [])
-    if args.out:
+    if args.out and args.command == "run":
         overrides.append(f"output.dir={args.out}")
     cfg = (ExperimentConfig.from_toml(args.config, overrides) if args.config
            else default_config(overrides))
@@ -42,8 +42,27 @@ def default_config(overrides: list[str]):  # -> ExperimentConfig
 def cmd_run(args: argparse.Namespace) -> int:
     from fedft.runner import run
 
+    if args.list_strategies:
+        from fedft.strategies import STRATEGIES
+
+        for name in STRATEGIES.names():
+            print(f"{name:18s} {STRATEGIES.get(name).description}")
+        return 0
     cfg = _load_config(args)
     run(cfg)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fedft.compare import compare
+
+    cfg = _load_config(args)
+    names = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if not names:
+        from fedft.errors import ConfigError
+
+        raise ConfigError("--strategies needs at least one name, e.g. --strategies sfprompt,fl_full")
+    compare(cfg, names, args.out)
     return 0
 
 
@@ -84,11 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run one experiment from a TOML config (default: the embedded main job, "
                                    "SFPrompt on DINOv2-small and MNIST). Writes config, metrics.csv, "
                                    "summary.json and plots to RUN_DIR.", epilog=EPILOG)
+    r.add_argument("--list-strategies", action="store_true", help="list the strategies and exit")
     r.add_argument("--config", "-c", type=Path, help="TOML config file (see experiments/configs/)")
     r.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=0.01 (repeatable)")
     r.add_argument("--out", "-o", metavar="RUN_DIR", help="run directory (default runs/<strategy>-<method>-<time>)")
     r.set_defaults(fn=cmd_run)
+
+    c = sub.add_parser("compare", help="run several strategies on identical partitions and seeds",
+                       description="Run several federated strategies from one config on identical data, "
+                                   "partitions and seeds; writes DIR/<strategy>/, DIR/compare.csv and "
+                                   "DIR/accuracy_vs_bytes.png with every strategy on the same axes.",
+                       epilog=EPILOG)
+    c.add_argument("--config", "-c", type=Path, help="TOML config file (default: the embedded main job)")
+    c.add_argument("--strategies", required=True, help="comma-separated, e.g. sfprompt,fl_full,sfl")
+    c.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a config value")
+    c.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory")
+    c.set_defaults(fn=cmd_compare)
 
     a = sub.add_parser("assets", help="fetch and verify the offline models and datasets",
                        description="Fetch, verify (sha256) and cache real pretrained models and datasets from "

@@ -91,7 +91,7 @@ class SFPromptConfig:
 class MethodConfig:
     """The fine-tuning method: what trains (and, in federated runs, what travels)."""
 
-    name: str = "linear_probe"
+    name: str = "prompt_tuning"
     prompt_len: int = 10
     prompt_dropout: float = 0.0
     deep_prompts: bool = False
@@ -119,7 +119,8 @@ class SplitConfig:
 class FederationConfig:
     """How training is organised: central, or a federated/split strategy over clients."""
 
-    strategy: str = "central"
+    strategy: str = "sfprompt"
+    engine: Literal["simulation", "inprocess"] = "simulation"
     rounds: int = 5
     clients_per_round: int = 0  # 0 = all clients every round
     eval_every: int = 1
@@ -139,7 +140,8 @@ class TrainConfig:
     epochs: int = 1
     batch_size: int = 32
     eval_batch_size: int = 64
-    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    # lbfgs: full-batch L-BFGS, only for head-only methods on cached features (a convex probe)
+    optimizer: Literal["sgd", "adam", "adamw", "lbfgs"] = "adamw"
     lr: float = 1e-3
     head_lr: float = 0.0  # 0 = same as lr; lr of the new task head (classifier)
     prompt_lr: float = 0.0  # 0 = same as lr
@@ -189,6 +191,14 @@ class ExperimentConfig:
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
         return build(cls, merge(data, parse_overrides(overrides)))
+
+    @classmethod
+    def from_toml_text(cls, text: str) -> ExperimentConfig:
+        """Parse a resolved config written by :func:`to_toml` (as sent inside train messages)."""
+        try:
+            return build(cls, tomllib.loads(text))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"received config is not valid TOML: {e}") from None
 
     @classmethod
     def from_overrides(cls, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:

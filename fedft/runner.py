@@ -17,13 +17,22 @@ def run(cfg: ExperimentConfig, out: str | Path | None = None, show: bool = True)
     """Run ``cfg``; writes config.toml, metrics.csv, summary.json and plots; returns the summary."""
     rd = RunDir(out or default_run_dir(cfg))
     rd.write_config(cfg)
-    family = STRATEGIES.get(cfg.federation.strategy).family
-    if family == "central":
+    info = STRATEGIES.get(cfg.federation.strategy)
+    cfg = info.configure(cfg)
+    rd.write_config(cfg)
+    if info.family == "central":
         from fedft.central import run_central
 
         summary = run_central(cfg, rd)
-    else:  # pragma: no cover - registered only once the federated engine exists
-        raise NotImplementedError(family)
+    elif cfg.federation.engine == "inprocess":
+        from fedft.federated.engine import run_inprocess
+        from fedft.federated.server import ServerRuntime
+
+        summary = run_inprocess(ServerRuntime(cfg, rd), progress=show)
+    else:
+        from fedft.federated.simulation import run_simulated
+
+        summary = run_simulated([(cfg, rd)])[0]
     summary["run_dir"] = str(rd.path)
     rd.write_summary(summary)
     if show:

@@ -196,16 +196,17 @@ class ImagePreprocessor:
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    mode: str = "bilinear"  # or "bicubic" (values clamped to [0, 1] before normalising)
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
         x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
+            x = F.interpolate(x, size=(self.size, self.size), mode=self.mode, antialias=self.mode == "bilinear",
                               align_corners=False)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return ((x.clamp(0, 1) if self.mode == "bicubic" else x) - mean) / std
 
 
 def image_size_for(requested: int, patch: int) -> int:

@@ -1,0 +1,1 @@
+"""fedft's Flower ClientApp."""

@@ -1,0 +1,124 @@
+"""Factories for the Flower ClientApp and ServerApp (clients/ and server/ just call these).
+
+``run_simulation`` hands the ServerApp an empty run config, so ``make_server_app`` can close
+over an already parsed config; ``flwr run`` instead passes the app's run config, which the
+server parses once with :func:`config_from_run_config`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from fedft import keys
+from fedft.config import ExperimentConfig, merge, parse_overrides
+from fedft.errors import ConfigError
+from fedft.federated.handlers import handle_hello, handle_train
+from fedft.outputs import RunDir, default_run_dir
+
+STATE = "fedft-state"
+CONFIG_FILE_KEY = "config-file"
+OUT_KEY = "out"
+
+
+def _load_state(context: Context) -> dict[str, Any]:
+    rec = context.state.array_records.get(STATE)
+    return {k: v.numpy() for k, v in rec.items()} if rec is not None else {}
+
+
+def _save_state(context: Context, state: dict[str, Any]) -> None:
+    arrays = {k: np.asarray(v) for k, v in state.items() if isinstance(v, np.ndarray)}
+    if arrays:
+        context.state[STATE] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+def _threads(msg: Message) -> None:
+    """A simulated client gets as many torch threads as the CPUs it was given (at least 1)."""
+    import torch
+
+    cfg = ExperimentConfig.from_toml_text(str(msg.content[keys.CONFIG][keys.RUN_CONFIG_TOML]))  # type: ignore[index]
+    torch.set_num_threads(max(1, int(cfg.federation.cpus_per_client)))
+
+
+def make_client_app() -> ClientApp:
+    """The ClientApp: a train handler (one client round) and a hello query (its partition id)."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config[keys.PARTITION_ID])
+        _threads(msg)
+        state = _load_state(context)
+        reply = handle_train(msg.content, pid, state)
+        _save_state(context, state)
+        return Message(content=reply, reply_to=msg)
+
+    @app.query(keys.QUERY_HELLO)
+    def hello(msg: Message, context: Context) -> Message:
+        return Message(content=handle_hello(int(context.node_config[keys.PARTITION_ID])), reply_to=msg)
+
+    return app
+
+
+def config_from_run_config(run_config: dict[str, Any], base_dir: Path) -> tuple[ExperimentConfig, str | None]:
+    """Flower run config -> (config, run dir): ``config-file`` (relative to the app), ``out``, and
+    any dotted keys as overrides on top of the file."""
+    rc = dict(run_config)
+    path = rc.pop(CONFIG_FILE_KEY, None)
+    out = rc.pop(OUT_KEY, None)
+    if path:
+        import tomllib
+
+        p = Path(str(path))
+        p = p if p.is_absolute() else base_dir / p
+        if not p.is_file():
+            raise ConfigError(f"run config {CONFIG_FILE_KEY}={path!r}: no such file under {base_dir}")
+        base = tomllib.loads(p.read_text())
+    else:
+        base = {}
+    overrides = [f"{k}={v}" for k, v in rc.items()]
+    from fedft.config import build
+
+    return build(ExperimentConfig, merge(base, parse_overrides(overrides))), (str(out) if out else None)
+
+
+def make_server_app(jobs: list[tuple[ExperimentConfig, Path]] | None = None,
+                    holder: list[dict[str, Any]] | None = None, base_dir: Path | None = None) -> ServerApp:
+    """The ServerApp. With ``jobs`` it ignores the run config (``run_simulation``) and runs each
+    (config, run dir) in turn on the same nodes, appending each summary to ``holder``."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        from fedft.federated.engine import serve
+        from fedft.federated.server import ServerRuntime
+        from fedft.outputs import print_summary
+
+        todo = jobs
+        if todo is None:
+            c, o = config_from_run_config(context.run_config, base_dir or Path.cwd())
+            c = _configured(c)
+            todo = [(c, Path(o) if o else default_run_dir(c))]
+        for c, o in todo:
+            run = RunDir(o)
+            run.write_config(c)
+            summary = serve(grid, ServerRuntime(c, run))
+            summary["run_dir"] = str(run.path)
+            run.write_summary(summary)
+            if holder is not None:
+                holder.append(summary)
+            else:
+                print_summary(summary, title=f"fedft run: {c.federation.strategy} / {c.method.name}")
+
+    return app
+
+
+def _configured(cfg: ExperimentConfig) -> ExperimentConfig:
+    from fedft.strategies import STRATEGIES
+
+    return STRATEGIES.get(cfg.federation.strategy).configure(cfg)

@@ -1,0 +1,123 @@
+"""Two ways to deliver rounds: Flower messages (simulation or deployment) and direct calls
+(the in-process engine: same records, same handlers, same body service, no Flower runtime)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+from fedft import keys
+from fedft.accounting import Direction, Phase
+from fedft.federated.handlers import handle_train
+from fedft.federated.loop import Dispatch, run_rounds
+from fedft.federated.records import from_arrays, record_content
+from fedft.federated.server import ClientResult, ServerRuntime
+
+log = logging.getLogger(__name__)
+
+
+def parse_reply(pid: int, content: RecordDict) -> ClientResult:
+    """A reply's update and metrics; anything malformed becomes an error for that client only."""
+    try:
+        update = from_arrays(content[keys.ARRAYS])  # type: ignore[arg-type]
+        metrics = {k: float(v) for k, v in content[keys.METRICS].items()}  # type: ignore[union-attr, arg-type]
+        return ClientResult(pid, update={k: np.asarray(v) for k, v in update.items()}, metrics=metrics)
+    except Exception as e:  # noqa: BLE001 - a client's garbage must not stop the server
+        return ClientResult(pid, error=f"malformed reply: {type(e).__name__}: {e}")
+
+
+def inprocess_dispatch(srv: ServerRuntime) -> Dispatch:
+    """Call each client's handler directly, one after another, with the records Flower would carry."""
+    states: dict[int, dict] = {}
+
+    def dispatch(rnd: int, pids: list[int], content: RecordDict) -> list[ClientResult]:
+        out = []
+        for pid in pids:
+            record_content(srv.ledger, rnd, str(pid), content, Direction.DOWN)
+            try:
+                reply = handle_train(content, pid, states.setdefault(pid, {}))
+            except Exception as e:  # noqa: BLE001
+                log.warning("client %d failed: %s", pid, e)
+                out.append(ClientResult(pid, error=f"{type(e).__name__}: {e}"))
+                continue
+            record_content(srv.ledger, rnd, str(pid), reply, Direction.UP)
+            out.append(parse_reply(pid, reply))
+        return out
+
+    return dispatch
+
+
+def run_inprocess(srv: ServerRuntime, progress: bool = True) -> dict[str, Any]:
+    """The whole run without Flower's runtime (quick CPU checks and tests)."""
+    try:
+        srv.start_body_service()
+        return run_rounds(srv, inprocess_dispatch(srv), progress)
+    finally:
+        srv.stop()
+
+
+def discover(grid: Any, srv: ServerRuntime, timeout: float = 600.0) -> dict[int, int]:
+    """Wait for the nodes, ask each its partition id (one ordinary Flower round trip); pid -> node id."""
+    want = srv.cfg.partition.num_clients
+    deadline = time.time() + timeout
+    while len(list(grid.get_node_ids())) < want:
+        if time.time() > deadline:
+            raise TimeoutError(f"only {len(list(grid.get_node_ids()))} of {want} nodes connected")
+        time.sleep(1.0)
+    msgs = []
+    for node in grid.get_node_ids():
+        content = RecordDict({keys.CONFIG: ConfigRecord({})})
+        msgs.append(Message(content=content, dst_node_id=node, message_type=f"{MessageType.QUERY}.{keys.QUERY_HELLO}"))
+    node_of: dict[int, int] = {}
+    for rep in grid.send_and_receive(msgs, timeout=timeout):
+        if rep.has_error():
+            log.warning("node %s did not answer hello: %s", rep.metadata.src_node_id, rep.error.reason)
+            continue
+        pid = int(rep.content[keys.METRICS][keys.PARTITION_ID])  # type: ignore[index, arg-type]
+        record_content(srv.ledger, 0, str(pid), rep.content, Direction.UP, Phase.SETUP)
+        node_of[pid] = rep.metadata.src_node_id
+    missing = sorted(set(range(want)) - set(node_of))
+    if missing:
+        log.warning("no node serves partitions %s; they will count as failed clients", missing)
+    return node_of
+
+
+def flower_dispatch(grid: Any, srv: ServerRuntime, node_of: dict[int, int], timeout: float = 3600.0) -> Dispatch:
+    """One train message per sampled client; replies matched back by node id."""
+    pid_of = {node: pid for pid, node in node_of.items()}
+
+    def dispatch(rnd: int, pids: list[int], content: RecordDict) -> list[ClientResult]:
+        msgs, results = [], {}
+        for pid in pids:
+            if pid not in node_of:
+                results[pid] = ClientResult(pid, error="no node serves this partition")
+                continue
+            record_content(srv.ledger, rnd, str(pid), content, Direction.DOWN)
+            msgs.append(Message(content=content, dst_node_id=node_of[pid], message_type=MessageType.TRAIN,
+                                group_id=str(rnd)))
+        for rep in grid.send_and_receive(msgs, timeout=timeout):
+            pid = pid_of.get(rep.metadata.src_node_id)
+            if pid is None:
+                continue
+            if rep.has_error():
+                results[pid] = ClientResult(pid, error=rep.error.reason)
+                continue
+            record_content(srv.ledger, rnd, str(pid), rep.content, Direction.UP)
+            results[pid] = parse_reply(pid, rep.content)
+        return [results.get(pid, ClientResult(pid, error="no reply before the timeout")) for pid in pids]
+
+    return dispatch
+
+
+def serve(grid: Any, srv: ServerRuntime, progress: bool = True) -> dict[str, Any]:
+    """The ServerApp's main: discover nodes, start the body service, run the rounds, stop."""
+    try:
+        node_of = discover(grid, srv)  # a Flower round trip before any gRPC server starts
+        srv.start_body_service()
+        return run_rounds(srv, flower_dispatch(grid, srv, node_of), progress)
+    finally:
+        srv.stop()

@@ -1,0 +1,42 @@
+"""The client's message handlers, free of Flower's Message wrapper (so the in-process engine and
+the ClientApp run the same code): parse once at the boundary, run the round, pack the reply."""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+from fedft import keys
+from fedft.accounting import CommLedger
+from fedft.config import ExperimentConfig
+from fedft.federated.client import client_round, grpc_opener, runtime
+from fedft.federated.records import from_arrays, reply_content
+
+log = logging.getLogger(__name__)
+
+
+def handle_train(content: RecordDict, pid: int, state: dict | None = None) -> RecordDict:
+    """One client round from a train message's content; returns the reply content."""
+    config: ConfigRecord = content[keys.CONFIG]  # type: ignore[assignment]
+    cfg = ExperimentConfig.from_toml_text(str(config[keys.RUN_CONFIG_TOML]))
+    round = int(config[keys.SERVER_ROUND])  # type: ignore[arg-type]
+    rt = runtime(cfg)
+    if not 0 <= pid < len(rt.partitions):
+        raise ValueError(f"partition id {pid} is outside 0..{len(rt.partitions) - 1}")
+    ledger = CommLedger()
+    opener = None
+    if keys.BODY_ADDRESS in config:
+        root = config.get(keys.BODY_ROOT_CERT)
+        opener = grpc_opener(str(config[keys.BODY_ADDRESS]), str(config[keys.BODY_TOKEN]), ledger, round,
+                             str(pid), cfg.split.wire_dtype, cfg.train.batch_size,
+                             root if isinstance(root, bytes) else None)
+    update, metrics = client_round(rt, round, pid, from_arrays(content[keys.ARRAYS]), opener, state)  # type: ignore[arg-type]
+    for kind, nbytes in ledger.by_kind().items():
+        metrics[f"{keys.CLIENT_BYTES_PREFIX}{kind}"] = float(nbytes)
+    return reply_content(update, metrics)
+
+
+def handle_hello(pid: int) -> RecordDict:
+    """Answer the server's first query with this node's partition id."""
+    return RecordDict({keys.METRICS: MetricRecord({keys.PARTITION_ID: pid})})

@@ -1,0 +1,116 @@
+"""The round loop, shared by the Flower ServerApp and the in-process engine.
+
+A *dispatch* function delivers one round's train content to a list of clients and returns
+their :class:`ClientResult`; it also records the bytes of every record it sends and receives.
+The loop samples clients, aggregates (or, for SL, hands the client part on), merges the body
+service's ledger, evaluates and writes metrics, the ledger, plots and the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flwr.app import RecordDict
+from tqdm.auto import tqdm
+
+from fedft.federated.records import train_content
+from fedft.federated.server import ClientResult, ServerRuntime
+from fedft.outputs import LEDGER, METRICS, read_metrics
+
+log = logging.getLogger(__name__)
+
+Dispatch = Callable[[int, list[int], RecordDict], list[ClientResult]]
+
+METRIC_COLUMNS = ["round", "accuracy", "loss", "clients", "failed", "kept_samples", "train_loss",
+                  "bytes_round", "bytes_cumulative", "client_flops", "server_flops", "seconds"]
+
+
+def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) -> dict[str, Any]:
+    """Run every round; returns the run summary (also written to the run directory)."""
+    cfg, run = srv.cfg, srv.run
+    t0 = time.time()
+    run.start_metrics(METRIC_COLUMNS)
+    client_flops = server_flops = 0.0
+    result = None
+    bar = tqdm(range(1, cfg.federation.rounds + 1), desc=f"{cfg.federation.strategy} rounds", unit="round",
+               disable=not progress)
+    for rnd in bar:
+        pids = srv.sample(rnd)
+        before = srv.ledger.total()
+        if srv.info.sequential:  # SL: each client starts from the previous client's part
+            results = []
+            for pid in pids:
+                res = dispatch(rnd, [pid], train_content(srv.global_update, cfg, rnd, srv.round_extra()))[0]
+                if srv.accept(res):
+                    srv.global_update = res.update  # type: ignore[assignment]
+                results.append(res)
+        else:
+            results = dispatch(rnd, pids, train_content(srv.global_update, cfg, rnd, srv.round_extra()))
+            for res in results:
+                srv.accept(res)
+            srv.aggregate(results)
+        srv.collect_service_ledger(rnd)
+        good = [r for r in results if r.error is None]
+        round_client = sum(r.metrics.get("client-flops", 0.0) for r in good)
+        split_samples = sum(r.metrics.get("split-samples", 0.0) for r in good)
+        round_server = split_samples * srv.body_flops_per_sample()
+        client_flops, server_flops = client_flops + round_client, server_flops + round_server
+        row: dict[str, Any] = {
+            "round": rnd, "clients": len(good), "failed": len(results) - len(good),
+            "kept_samples": int(sum(r.metrics.get("num-kept", 0) for r in good)),
+            "train_loss": _mean([r.metrics.get("train-loss", 0.0) for r in good]),
+            "bytes_round": srv.ledger.total() - before, "bytes_cumulative": srv.ledger.total(),
+            "client_flops": round_client, "server_flops": round_server,
+        }
+        if rnd % cfg.federation.eval_every == 0 or rnd == cfg.federation.rounds:
+            result = srv.evaluate()
+            row.update(accuracy=result.accuracy, loss=result.loss)
+            bar.set_postfix(acc=f"{result.accuracy:.3f}", clients=len(good))
+        row["seconds"] = time.time() - t0
+        run.append_metrics(row)
+        if not good:
+            log.warning("round %d: no client succeeded; the global state is unchanged", rnd)
+    run.write_ledger(srv.ledger)
+    summary = summarize(srv, result, client_flops, server_flops, time.time() - t0)
+    if cfg.output.plots:
+        write_plots(srv)
+    return summary
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def summarize(srv: ServerRuntime, result: Any, client_flops: float, server_flops: float,
+              seconds: float) -> dict[str, Any]:
+    cfg = srv.cfg
+    return {
+        "strategy": cfg.federation.strategy,
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+        "rounds": cfg.federation.rounds,
+        "clients": cfg.partition.num_clients,
+        "final_accuracy": None if result is None else result.accuracy,
+        "final_loss": None if result is None else result.loss,
+        "bytes_total": srv.ledger.total(),
+        "bytes_by_kind": srv.ledger.by_kind(),
+        "bytes_by_direction": srv.ledger.by_direction(),
+        "client_flops": client_flops,
+        "server_flops": server_flops,
+        "travelling_params": int(sum(v.size for v in srv.global_update.values())),
+        "wall_seconds": round(seconds, 2),
+    }
+
+
+def write_plots(srv: ServerRuntime) -> None:
+    from fedft.plots import plot_accuracy, plot_accuracy_vs_bytes, plot_bytes_by_kind
+
+    rows = [r for r in read_metrics(srv.run.file(METRICS)) if r.get("accuracy")]
+    plot_accuracy(rows, "round", srv.run.file("accuracy.png"))
+    plot_accuracy_vs_bytes({srv.cfg.federation.strategy: rows}, srv.run.file("accuracy_vs_bytes.png"))
+    plot_bytes_by_kind(srv.ledger, srv.run.file("bytes_by_kind.png"))
+    assert srv.run.file(LEDGER).is_file()

@@ -1,0 +1,47 @@
+"""Flower records <-> fedft values, and byte accounting of every record that travels.
+
+Both ways a round can be delivered (Flower messages, or direct calls in the in-process engine)
+build the same ``RecordDict`` contents, so the ledger records the same ``count_bytes()``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedft import keys
+from fedft.accounting import CommLedger, Direction, Kind, Phase
+from fedft.config import ExperimentConfig, to_toml
+
+Update = dict[str, np.ndarray]
+
+
+def to_arrays(update: Update) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in update.items()})
+
+
+def from_arrays(record: ArrayRecord) -> Update:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def train_content(update: Update, cfg: ExperimentConfig, round: int, extra: dict[str, str | int | bytes]) -> RecordDict:
+    """The content of a train message: global client-side state and the round's configuration."""
+    config = ConfigRecord({keys.SERVER_ROUND: round, keys.RUN_CONFIG_TOML: to_toml(cfg), **extra})
+    return RecordDict({keys.ARRAYS: to_arrays(update), keys.CONFIG: config})
+
+
+def reply_content(update: Update, metrics: dict[str, float]) -> RecordDict:
+    return RecordDict({keys.ARRAYS: to_arrays(update), keys.METRICS: MetricRecord(metrics)})
+
+
+def record_content(ledger: CommLedger, round: int, client: str, content: RecordDict, direction: Direction,
+                   phase: str = Phase.SYNC) -> None:
+    """Add every record of a message to the ledger: arrays as parameters, the rest as control."""
+    params = Kind.PARAMS_UP if direction == Direction.UP else Kind.PARAMS_DOWN
+    arrays = sum(r.count_bytes() for r in content.array_records.values())
+    other = sum(r.count_bytes() for r in content.config_records.values()) + \
+        sum(r.count_bytes() for r in content.metric_records.values())
+    if arrays:
+        ledger.add(round, client, phase, params, arrays)
+    if other:
+        ledger.add(round, client, phase, Kind.CONTROL, other, direction)

@@ -1,0 +1,187 @@
+"""The server side of a federated run: global state, body service, aggregation and evaluation.
+
+The server holds the whole pre-trained model. For split strategies it serves the body over the
+gRPC body service (frozen and shared for SFPrompt; trainable for SL / SplitFed) and keeps the
+global client-side state (prompts + tail, or head + tail); for FL strategies the global state is
+every travelling tensor of the method. Aggregation is FedAvg weighted by the configured count.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedft.accounting import CommLedger, Phase
+from fedft.config import ExperimentConfig
+from fedft.data.datasets import encode, load_raw
+from fedft.data.partition import save_partitions
+from fedft.federated.aggregation import Update, check_update, spec_of, weighted_mean
+from fedft.federated.client import partitions_for
+from fedft.flops import FlopsMeter
+from fedft.outputs import PARTITIONS, RunDir
+from fedft.split import SplitSpec, split_model
+from fedft.strategies import STRATEGIES
+from fedft.train import EvalResult, evaluate, make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClientResult:
+    """What came back from one client in one round (``error`` set when it failed)."""
+
+    pid: int
+    update: Update | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+def trainable_client_keys(method: Any, model: Any, parts: Any) -> list[str]:
+    """The method's travelling tensors, restricted to head + tail for split strategies."""
+    keys = method.update_keys(model)
+    if parts is None:
+        return keys
+    client = set(parts.client_named_parameters())
+    return [k for k in keys if k in client]
+
+
+class ServerRuntime:
+    """Everything the server keeps for one run."""
+
+    def __init__(self, cfg: ExperimentConfig, run: RunDir) -> None:
+        from fedft.central import build_model
+
+        self.cfg, self.run = cfg, run
+        self.info = STRATEGIES.get(cfg.federation.strategy)
+        raw = load_raw(cfg.data, cfg.seed)
+        self.model, self.method, pre = build_model(cfg, raw.num_labels)
+        self.test = encode(raw, "test", pre, cfg.data.max_length)
+        labels = np.asarray(raw.train_y)
+        self.partitions = partitions_for(cfg, labels)
+        save_partitions(run.file(PARTITIONS), self.partitions, labels,
+                        {"scheme": cfg.partition.scheme, "seed": cfg.seed, "alpha": cfg.partition.alpha})
+        self.parts = None
+        if self.info.family == "split":
+            self.parts = split_model(self.model, SplitSpec(cfg.split.head_blocks, cfg.split.tail_blocks))
+        keys = trainable_client_keys(self.method, self.model, self.parts)
+        state = dict(self.model.named_parameters())
+        self.global_update: Update = {k: state[k].detach().numpy().copy() for k in keys}
+        self.spec = spec_of(self.global_update)
+        self.ledger = CommLedger()
+        self.service: Any = None
+        self._body_flops: float | None = None
+
+    # ---- body service --------------------------------------------------------------------------
+
+    def start_body_service(self, host: str = "127.0.0.1", port: int = 0,
+                           tls: tuple[bytes, bytes] | None = None) -> None:
+        """Serve the body (split strategies only); frozen for SFPrompt, trainable for SL/SFL."""
+        if self.parts is None:
+            return
+        from fedft.federated.body_service import new_token, start_body_service
+
+        train_cfg = self.cfg.train
+
+        def make_opt(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+            holder = torch.nn.ParameterList(params)
+            return make_optimizer(holder, train_cfg)
+
+        if self.info.body_mode == "frozen":
+            self.parts.freeze_body()
+        self.service = start_body_service(
+            self.parts.body, token=new_token(), mode=self.info.body_mode,
+            make_optimizer=None if self.info.body_mode == "frozen" else make_opt,
+            host=host, port=port, tls=tls, max_workers=max(8, self.cfg.partition.num_clients),
+        )
+
+    def round_extra(self) -> dict[str, str | int | bytes]:
+        """Per-round config entries for clients: where the body service is and its token."""
+        from fedft import keys
+
+        if self.service is None:
+            return {}
+        return {keys.BODY_ADDRESS: self.service.address, keys.BODY_TOKEN: self.service.token}
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop(grace=1.0)
+            self.service = None
+
+    # ---- rounds ----------------------------------------------------------------------------------
+
+    def sample(self, round: int) -> list[int]:
+        """The clients of ``round``: K of N uniformly without replacement (all when K = 0 or K >= N)."""
+        n, k = self.cfg.partition.num_clients, self.cfg.federation.clients_per_round
+        rng = np.random.default_rng([self.cfg.seed, round, 7])
+        pids = np.arange(n) if k == 0 or k >= n else rng.choice(n, size=k, replace=False)
+        if self.info.sequential:  # SL: a random order each round
+            return [int(p) for p in rng.permutation(pids)]
+        return sorted(int(p) for p in pids)
+
+    def accept(self, res: ClientResult) -> bool:
+        """Validate one reply against the expected update; a bad one is dropped, not fatal."""
+        if res.error is None and res.update is not None:
+            res.error = check_update(res.update, self.spec)
+        if res.error is None and not res.metrics.get("num-examples", 0) > 0:
+            res.error = "reply has no positive num-examples"
+        if res.error is not None:
+            log.warning("round: dropping client %s: %s", res.pid, res.error)
+            return False
+        return True
+
+    def weight(self, res: ClientResult) -> float:
+        w = self.cfg.method.sfprompt.agg_weighting
+        if w == "uniform":
+            return 1.0
+        return float(res.metrics["num-kept" if w == "n_kept" else "num-examples"])
+
+    def aggregate(self, results: list[ClientResult]) -> None:
+        """FedAvg of the accepted updates; with none accepted the global state stays."""
+        good = [r for r in results if r.error is None]
+        if good:
+            self.global_update = weighted_mean([r.update for r in good], [self.weight(r) for r in good])  # type: ignore[misc]
+        if self.service is not None and self.info.body_mode == "per_client":
+            weights = {str(r.pid): self.weight(r) for r in good}
+            if weights:
+                self.service.service.aggregate(weights)
+            else:
+                self.service.service.reset()
+
+    def collect_service_ledger(self, round: int) -> None:
+        """Move the body service's events of ``round`` into the run ledger."""
+        if self.service is None:
+            return
+        self.ledger.extend(e for e in self.service.service.ledger if e.round == round)
+
+    def body_flops_per_sample(self) -> float:
+        """Server FLOPs per split sample (body forward + backward), measured once by FlopCounterMode."""
+        if self.parts is None:
+            return 0.0
+        if self._body_flops is None:
+            meter = FlopsMeter(cache=False)
+            batch = self.test.batch(np.arange(min(2, len(self.test))))
+            with torch.no_grad():
+                h, mask = self.parts.head(batch)
+            x = h.detach().requires_grad_(True)
+            with meter.measure("server", Phase.SPLIT, "body", "fwd"):
+                z = self.parts.body(x, mask)
+            with meter.measure("server", Phase.SPLIT, "body", "bwd"):
+                z.backward(torch.ones_like(z))
+            self.parts.body.zero_grad(set_to_none=True)
+            self._body_flops = meter.total() / len(batch["labels"])
+        return self._body_flops
+
+    def load_global(self) -> None:
+        state = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for k, v in self.global_update.items():
+                state[k].copy_(torch.from_numpy(v))
+
+    def evaluate(self) -> EvalResult:
+        """Global client-side state + the server's body on the test split."""
+        self.load_global()
+        return evaluate(self.model, self.test, self.cfg.train.eval_batch_size)
