@@ -48,6 +48,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         for name in STRATEGIES.names():
             print(f"{name:18s} {STRATEGIES.get(name).description}")
         return 0
+    if args.resume:
+        from fedft.runner import resume
+
+        if args.config or args.set:
+            from fedft.errors import ConfigError
+
+            raise ConfigError("--resume takes the run's own config.toml; drop --config/--set")
+        resume(args.resume)
+        return 0
     cfg = _load_config(args)
     run(cfg)
     return 0
@@ -103,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run one experiment from a TOML config (default: the embedded main job, "
                                    "SFPrompt on DINOv2-small and MNIST). Writes config, metrics.csv, "
                                    "summary.json and plots to RUN_DIR.", epilog=EPILOG)
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue a killed federated run from its checkpoint")
     r.add_argument("--list-strategies", action="store_true", help="list the strategies and exit")
     r.add_argument("--config", "-c", type=Path, help="TOML config file (see experiments/configs/)")
     r.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",

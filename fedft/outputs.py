@@ -49,6 +49,15 @@ class RunDir:
         with open(self.file(METRICS), "w", newline="") as f:
             csv.writer(f).writerow(columns)
 
+    def resume_metrics(self, columns: list[str], upto: int) -> None:
+        """Keep the rows of metrics.csv up to round/epoch ``upto`` (a resumed run continues after it)."""
+        rows = read_metrics(self.file(METRICS)) if self.file(METRICS).is_file() else []
+        key = columns[0]
+        self.start_metrics(columns)
+        for r in rows:
+            if int(r[key]) <= upto:
+                self.append_metrics({k: v for k, v in r.items() if k in columns})
+
     def append_metrics(self, row: dict[str, Any]) -> None:
         """Append one row (per epoch or round); unknown columns are an error, missing ones empty."""
         if self._metric_cols is None:

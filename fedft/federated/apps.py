@@ -88,9 +88,11 @@ def config_from_run_config(run_config: dict[str, Any], base_dir: Path) -> tuple[
 
 
 def make_server_app(jobs: list[tuple[ExperimentConfig, Path]] | None = None,
-                    holder: list[dict[str, Any]] | None = None, base_dir: Path | None = None) -> ServerApp:
+                    holder: list[dict[str, Any]] | None = None, base_dir: Path | None = None,
+                    resume: bool = False) -> ServerApp:
     """The ServerApp. With ``jobs`` it ignores the run config (``run_simulation``) and runs each
-    (config, run dir) in turn on the same nodes, appending each summary to ``holder``."""
+    (config, run dir) in turn on the same nodes, appending each summary to ``holder``; with
+    ``resume`` each job continues from its run directory's checkpoint."""
     app = ServerApp()
 
     @app.main()
@@ -107,7 +109,14 @@ def make_server_app(jobs: list[tuple[ExperimentConfig, Path]] | None = None,
         for c, o in todo:
             run = RunDir(o)
             run.write_config(c)
-            summary = serve(grid, ServerRuntime(c, run))
+            srv = ServerRuntime(c, run)
+            if resume:
+                from fedft.federated.checkpoint import load
+
+                ckpt = load(run.path)
+                if ckpt is not None:
+                    srv.resume_from(ckpt)
+            summary = serve(grid, srv)
             summary["run_dir"] = str(run.path)
             run.write_summary(summary)
             if holder is not None:

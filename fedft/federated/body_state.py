@@ -354,6 +354,17 @@ class BodyState:
         if names:
             fedavg_into(self.body, [copies[c].module for c in names], [weights[c] for c in names])
 
+    def optimizer_state(self) -> dict | None:
+        """State of the shared body's optimizer (``shared`` mode), for checkpoints."""
+        opt = self._global.optimizer
+        return None if opt is None else opt.state_dict()
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Restore the shared body's optimizer from :meth:`optimizer_state` (resume)."""
+        if self._global.optimizer is None:
+            raise ValueError(f"body mode {self.mode.value!r} has no shared optimizer to restore")
+        self._global.optimizer.load_state_dict(state)
+
     def reset(self) -> None:
         """Close every session and drop the per-client copies (the body itself is kept)."""
         with self._lock:

@@ -30,13 +30,22 @@ METRIC_COLUMNS = ["round", "accuracy", "loss", "clients", "failed", "kept_sample
 
 def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) -> dict[str, Any]:
     """Run every round; returns the run summary (also written to the run directory)."""
+    from fedft.federated import checkpoint
+
     cfg, run = srv.cfg, srv.run
     t0 = time.time()
-    run.start_metrics(METRIC_COLUMNS)
-    client_flops = server_flops = 0.0
+    ck = srv.resumed
+    first = 1 if ck is None else ck.round + 1
+    client_flops = 0.0 if ck is None else ck.counters["client_flops"]
+    server_flops = 0.0 if ck is None else ck.counters["server_flops"]
+    earlier = 0.0 if ck is None else ck.counters["seconds"]
+    if ck is None:
+        run.start_metrics(METRIC_COLUMNS)
+    else:
+        run.resume_metrics(METRIC_COLUMNS, ck.round)
     result = None
-    bar = tqdm(range(1, cfg.federation.rounds + 1), desc=f"{cfg.federation.strategy} rounds", unit="round",
-               disable=not progress)
+    bar = tqdm(range(first, cfg.federation.rounds + 1), desc=f"{cfg.federation.strategy} rounds", unit="round",
+               disable=not progress, initial=first - 1, total=cfg.federation.rounds)
     for rnd in bar:
         pids = srv.sample(rnd)
         before = srv.ledger.total()
@@ -69,12 +78,16 @@ def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) ->
             result = srv.evaluate()
             row.update(accuracy=result.accuracy, loss=result.loss)
             bar.set_postfix(acc=f"{result.accuracy:.3f}", clients=len(good))
-        row["seconds"] = time.time() - t0
+        row["seconds"] = earlier + time.time() - t0
         run.append_metrics(row)
+        checkpoint.save(run.path, srv.checkpoint(rnd, {"client_flops": client_flops, "server_flops": server_flops,
+                                                        "seconds": row["seconds"]}))
         if not good:
             log.warning("round %d: no client succeeded; the global state is unchanged", rnd)
+    if result is None:  # resumed after the last round: evaluate the restored state
+        result = srv.evaluate()
     run.write_ledger(srv.ledger)
-    summary = summarize(srv, result, client_flops, server_flops, time.time() - t0)
+    summary = summarize(srv, result, client_flops, server_flops, earlier + time.time() - t0)
     if cfg.output.plots:
         write_plots(srv)
     return summary

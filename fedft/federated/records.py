@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedft import keys
 from fedft.accounting import CommLedger, Direction, Kind, Phase
-from fedft.config import ExperimentConfig, to_toml
+from fedft.config import ExperimentConfig, OutputConfig, to_toml
 
 Update = dict[str, np.ndarray]
 
@@ -26,7 +26,8 @@ def from_arrays(record: ArrayRecord) -> Update:
 
 def train_content(update: Update, cfg: ExperimentConfig, round: int, extra: dict[str, str | int | bytes]) -> RecordDict:
     """The content of a train message: global client-side state and the round's configuration."""
-    config = ConfigRecord({keys.SERVER_ROUND: round, keys.RUN_CONFIG_TOML: to_toml(cfg), **extra})
+    client_cfg = cfg.replace(output=OutputConfig())  # where the server writes is none of the client's business
+    config = ConfigRecord({keys.SERVER_ROUND: round, keys.RUN_CONFIG_TOML: to_toml(client_cfg), **extra})
     return RecordDict({keys.ARRAYS: to_arrays(update), keys.CONFIG: config})
 
 

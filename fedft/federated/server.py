@@ -19,7 +19,9 @@ from fedft.accounting import CommLedger, Phase
 from fedft.config import ExperimentConfig
 from fedft.data.datasets import encode, load_raw
 from fedft.data.partition import save_partitions
+from fedft.errors import FedftError
 from fedft.federated.aggregation import Update, check_update, spec_of, weighted_mean
+from fedft.federated.checkpoint import Checkpoint
 from fedft.federated.client import partitions_for
 from fedft.flops import FlopsMeter
 from fedft.outputs import PARTITIONS, RunDir
@@ -74,6 +76,8 @@ class ServerRuntime:
         self.ledger = CommLedger()
         self.service: Any = None
         self._body_flops: float | None = None
+        self._pending_optimizer: dict | None = None
+        self.resumed: Checkpoint | None = None
 
     # ---- body service --------------------------------------------------------------------------
 
@@ -97,6 +101,30 @@ class ServerRuntime:
             make_optimizer=None if self.info.body_mode == "frozen" else make_opt,
             host=host, port=port, tls=tls, max_workers=max(8, self.cfg.partition.num_clients),
         )
+        if self._pending_optimizer is not None:
+            self.service.service.load_optimizer_state(self._pending_optimizer)
+            self._pending_optimizer = None
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+
+    def checkpoint(self, round: int, counters: dict[str, float]) -> Checkpoint:
+        """What a resumed run needs after ``round`` (see :mod:`fedft.federated.checkpoint`)."""
+        trains_body = self.parts is not None and self.info.body_mode != "frozen"
+        body = ({k: v.detach().numpy().copy() for k, v in self.parts.body.state_dict().items()}  # type: ignore[union-attr]
+                if trains_body else None)
+        opt = self.service.service.optimizer_state() if trains_body and self.service is not None else None
+        return Checkpoint(round, dict(self.global_update), body, opt, CommLedger(self.ledger.events), counters)
+
+    def resume_from(self, ckpt: Checkpoint) -> None:
+        """Restore the state saved after round ``ckpt.round`` (before the body service starts)."""
+        if check_update(ckpt.global_update, self.spec) is not None:
+            raise FedftError("the checkpoint does not match this run's model; resume with the run's own config")
+        self.global_update = dict(ckpt.global_update)
+        self.ledger = CommLedger(ckpt.ledger.events)
+        if ckpt.body is not None and self.parts is not None:
+            self.parts.body.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt.body.items()})
+        self._pending_optimizer = ckpt.body_optimizer
+        self.resumed = ckpt
 
     def round_extra(self) -> dict[str, str | int | bytes]:
         """Per-round config entries for clients: where the body service is and its token."""

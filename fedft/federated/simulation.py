@@ -27,7 +27,7 @@ def flower_env() -> None:
         os.environ.setdefault(k, v)
 
 
-def run_simulated(jobs: list[tuple[ExperimentConfig, RunDir]]) -> list[dict[str, Any]]:
+def run_simulated(jobs: list[tuple[ExperimentConfig, RunDir]], resume: bool = False) -> list[dict[str, Any]]:
     """Run each (config, run dir) in one ``flwr.simulation.run_simulation`` session (N supernodes,
     Ray started once); return the summaries. All jobs must share the partition settings."""
     cfg = jobs[0][0]
@@ -46,7 +46,7 @@ def run_simulated(jobs: list[tuple[ExperimentConfig, RunDir]]) -> list[dict[str,
         "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,
                       "logging_level": "error", "log_to_driver": True},
     }
-    run_simulation(server_app=make_server_app([(c, r.path) for c, r in jobs], holder), client_app=make_client_app(),
+    run_simulation(server_app=make_server_app([(c, r.path) for c, r in jobs], holder, resume=resume), client_app=make_client_app(),
                    num_supernodes=cfg.partition.num_clients, backend_name="ray",
                    backend_config=backend)  # type: ignore[arg-type]
     if len(holder) != len(jobs):

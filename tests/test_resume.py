@@ -1,0 +1,72 @@
+"""A killed server resumes from its checkpoint and ends with the same numbers and ledger totals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fedft.accounting import CommLedger
+from fedft.config import ExperimentConfig
+from fedft.errors import FedftError
+from fedft.runner import resume, run
+
+TINY = [
+    "model.name=tiny-vit", "data.name=synthetic-images", "data.image_size=16", "data.train_size=96",
+    "data.test_size=32", "partition.scheme=iid", "partition.num_clients=3", "partition.min_size=4",
+    "federation.rounds=4", "federation.engine=inprocess", "train.batch_size=8", "method.prompt_len=4",
+    "output.plots=false",
+]
+
+
+def _kill_after_round(out, overrides, round_):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    args = [sys.executable, "-m", "fedft.cli", "run", "--out", str(out)]
+    for o in overrides:
+        args += ["--set", o]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta = out / "checkpoint" / "meta.json"
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline:
+            if meta.is_file():
+                try:
+                    if json.loads(meta.read_text())["round"] >= round_:
+                        break
+                except (json.JSONDecodeError, KeyError):
+                    pass
+            if proc.poll() is not None:
+                pytest.fail("the run ended before it could be killed")
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    done = json.loads(meta.read_text())["round"]
+    assert done < 4, "killed too late to test resuming"
+    return done
+
+
+@pytest.mark.parametrize("strategy", ["sfprompt", "sfl_v2"])
+def test_resume_equals_uninterrupted(tmp_path, strategy):
+    overrides = [*TINY, f"federation.strategy={strategy}"]
+    full = run(ExperimentConfig.from_overrides(overrides), tmp_path / "full", show=False)
+    killed_at = _kill_after_round(tmp_path / "cut", overrides, 1)
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    resumed = resume(tmp_path / "cut", show=False)
+    assert killed_at >= 1
+    for key in ("final_accuracy", "final_loss", "bytes_total", "bytes_by_kind", "client_flops", "server_flops"):
+        assert resumed[key] == full[key], key
+    a = CommLedger.from_csv(tmp_path / "full" / "ledger.csv")
+    b = CommLedger.from_csv(tmp_path / "cut" / "ledger.csv")
+    assert a.by_round() == b.by_round() and a.by_kind() == b.by_kind()
+    assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == 1 + 4
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FedftError, match="not a fedft run directory"):
+        resume(tmp_path)
