@@ -121,6 +121,11 @@ def run_central(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
         run.append_metrics({"epoch": epoch, "train_loss": train_loss, "loss": result.loss,
                             "accuracy": result.accuracy, "seconds": time.time() - t0})
         bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{result.accuracy:.3f}")
+    if type(method).finalize is not BaseMethod.finalize:  # merge / interpolate / prune, then re-evaluate
+        method.finalize(model)
+        result = evaluate(net, test, cfg.train.eval_batch_size)
+        run.append_metrics({"epoch": cfg.train.epochs, "loss": result.loss, "accuracy": result.accuracy,
+                            "seconds": time.time() - t0})
     return _finish(cfg, run, model, result.accuracy, result.loss, len(train), len(test), trainable, t0)
 
 

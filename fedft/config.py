@@ -18,6 +18,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedft.errors import ConfigError
+from fedft.method_configs import (
+    AntidoteOptions,
+    GreenTrainerOptions,
+    HFTOptions,
+    IA3Options,
+    LightPEFTOptions,
+    LoraOptions,
+    LTSFTOptions,
+    S2FTOptions,
+    SSFOptions,
+    WiseFTOptions,
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,16 @@ class MethodConfig:
     prompt_dropout: float = 0.0
     deep_prompts: bool = False
     sfprompt: SFPromptConfig = field(default_factory=SFPromptConfig)
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    ia3: IA3Options = field(default_factory=IA3Options)
+    ssf: SSFOptions = field(default_factory=SSFOptions)
+    hft: HFTOptions = field(default_factory=HFTOptions)
+    s2ft: S2FTOptions = field(default_factory=S2FTOptions)
+    lt_sft: LTSFTOptions = field(default_factory=LTSFTOptions)
+    light_peft: LightPEFTOptions = field(default_factory=LightPEFTOptions)
+    greentrainer: GreenTrainerOptions = field(default_factory=GreenTrainerOptions)
+    wise_ft: WiseFTOptions = field(default_factory=WiseFTOptions)
+    antidote: AntidoteOptions = field(default_factory=AntidoteOptions)
 
     def __post_init__(self) -> None:
         _check(self.prompt_len >= 0, "method.prompt_len", "an integer >= 0")

@@ -80,8 +80,11 @@ _register(StrategyInfo("fl_prompt", "fl", "FedPrompt style: FedAvg of prompts + 
 
 # The embedded default of `fedft run` (the main job): SFPrompt on DINOv2-small, MNIST at 112 px,
 # 10 clients, Dirichlet alpha 0.5. experiments/configs/sfprompt_mnist.toml holds the same settings.
-# The defaults of fedft.config.ExperimentConfig are that job; this list stays for explicit tweaks.
-DEFAULT_OVERRIDES: list[str] = []
+# ExperimentConfig's defaults are that job except for the optimiser settings below
+# (tests/test_defaults.py checks that this equals the shipped TOML).
+DEFAULT_OVERRIDES: list[str] = [
+    "train.batch_size=8", "train.eval_batch_size=32", "train.optimizer=sgd", "train.lr=0.003",
+]
 
 
 def overrides_of(cfg: ExperimentConfig) -> list[str]:

@@ -110,3 +110,22 @@ def test_random_pruning_keeps_the_same_count(tmp_path):
     a, la, _ = _run(tmp_path, "sfprompt")
     b, lb, _ = _run(tmp_path, "sfprompt_random")
     assert la.by_kind()["activations_up"] == lb.by_kind()["activations_up"]
+
+
+def test_server_survives_a_client_sending_garbage(tmp_path, monkeypatch):
+    import fedft.federated.engine as engine
+    from fedft.federated.records import reply_content
+
+    real = engine.handle_train
+
+    def flaky(content, pid, state=None):
+        reply = real(content, pid, state)
+        if pid == 1:  # wrong shapes and NaN from one client
+            return reply_content({"classifier.weight": np.full((3, 3), np.nan, np.float32)}, {"num-examples": 5.0})
+        return reply
+
+    monkeypatch.setattr(engine, "handle_train", flaky)
+    summary, _, _ = _run(tmp_path, "sfprompt")
+    rows = [r.split(",") for r in (tmp_path / "sfprompt" / "metrics.csv").read_text().splitlines()[1:]]
+    assert [r[3] for r in rows] == ["2", "2"] and [r[4] for r in rows] == ["1", "1"]  # clients, failed
+    assert summary["final_accuracy"] is not None

@@ -66,25 +66,34 @@ def make_client_app() -> ClientApp:
 
 
 def config_from_run_config(run_config: dict[str, Any], base_dir: Path) -> tuple[ExperimentConfig, str | None]:
-    """Flower run config -> (config, run dir): ``config-file`` (relative to the app), ``out``, and
-    any dotted keys as overrides on top of the file."""
-    rc = dict(run_config)
-    path = rc.pop(CONFIG_FILE_KEY, None)
-    out = rc.pop(OUT_KEY, None)
-    if path:
-        import tomllib
+    """Flower run config -> (config, run dir).
 
-        p = Path(str(path))
-        p = p if p.is_absolute() else base_dir / p
-        if not p.is_file():
-            raise ConfigError(f"run config {CONFIG_FILE_KEY}={path!r}: no such file under {base_dir}")
-        base = tomllib.loads(p.read_text())
-    else:
-        base = {}
-    overrides = [f"{k}={v}" for k, v in rc.items()]
+    The app's ``[tool.flwr.app.config]`` declares every fedft key with the main job's values, so
+    the run config is a complete config. With ``config-file`` (relative to the app directory) the
+    file is the base instead, and only run-config values that differ from the app's declared
+    defaults override it. ``out`` is the run directory.
+    """
+    import tomllib
+
     from fedft.config import build
 
-    return build(ExperimentConfig, merge(base, parse_overrides(overrides))), (str(out) if out else None)
+    rc = {str(k): v for k, v in run_config.items()}
+    path, out = rc.pop(CONFIG_FILE_KEY, ""), rc.pop(OUT_KEY, "")
+    if not path:
+        return ExperimentConfig.from_run_config(rc), (str(out) or None)
+    p = Path(str(path))
+    p = p if p.is_absolute() else base_dir / p
+    if not p.is_file():
+        raise ConfigError(f"run config {CONFIG_FILE_KEY}={path!r}: no such file under {base_dir}")
+    declared: dict[str, Any] = {}
+    pyproject = base_dir / "pyproject.toml"
+    if pyproject.is_file():
+        from fedft.config import flatten
+
+        app_cfg = tomllib.loads(pyproject.read_text()).get("tool", {}).get("flwr", {}).get("app", {})
+        declared = flatten(app_cfg.get("config", {}))
+    changed = [f"{k}={v}" for k, v in rc.items() if declared.get(k) != v]
+    return build(ExperimentConfig, merge(tomllib.loads(p.read_text()), parse_overrides(changed))), (str(out) or None)
 
 
 def make_server_app(jobs: list[tuple[ExperimentConfig, Path]] | None = None,

@@ -24,6 +24,8 @@ class BaseMethod:
     description: ClassVar[str] = ""
     #: True when only the new task head trains, so frozen features can be computed once
     head_only: ClassVar[bool] = False
+    #: True when ``finalize`` leaves the outputs unchanged (a merge); False when it changes them
+    finalize_keeps_outputs: ClassVar[bool] = True
 
     def __init__(self, cfg: MethodConfig) -> None:
         self.cfg = cfg
@@ -45,6 +47,13 @@ class BaseMethod:
 
     def on_round_start(self, model: nn.Module, server_round: int) -> None:
         """Hook at the start of each round or epoch (default: nothing)."""
+
+    def finalize(self, model: nn.Module) -> None:
+        """Hook after training, before the final evaluation: merge, interpolate or prune.
+
+        ``finalize_keeps_outputs`` says whether the model's outputs stay the same (within fp32
+        rounding); the default does nothing.
+        """
 
     def encode_update(self, model: nn.Module) -> dict[str, np.ndarray]:
         """The update to send: dense copies of the travelling tensors."""
@@ -76,3 +85,44 @@ def unfreeze(modules: list[nn.Module | None]) -> None:
         if m is not None:
             for p in m.parameters():
                 p.requires_grad_(True)
+
+
+#: names of the block linears by role, relative to one block (ViT/DINOv2, Llama, BERT)
+ROLE_NAMES: dict[str, tuple[str, ...]] = {
+    "q": ("attention.q_proj", "self_attn.q_proj", "attention.self.query"),
+    "k": ("attention.k_proj", "self_attn.k_proj", "attention.self.key"),
+    "v": ("attention.v_proj", "self_attn.v_proj", "attention.self.value"),
+    "o": ("attention.o_proj", "self_attn.o_proj", "attention.output.dense"),
+    "gate": ("mlp.gate_proj",),
+    "up": ("mlp.fc1", "mlp.up_proj", "intermediate.dense"),
+    "down": ("mlp.fc2", "mlp.down_proj", "output.dense"),
+}
+
+
+def block_linears(model: nn.Module) -> list[dict[str, str]]:
+    """Per block, role -> full module name in ``model`` (``q k v o`` and ``gate up down``)."""
+    blocks = model.blocks  # type: ignore[attr-defined]
+    prefix = {id(b): n for n, b in model.named_modules()}
+    out = []
+    for block in blocks:
+        names = {n for n, _ in block.named_modules()}
+        roles = {}
+        for role, cands in ROLE_NAMES.items():
+            hit = [c for c in cands if c in names]
+            if hit:
+                roles[role] = f"{prefix[id(block)]}.{hit[0]}"
+        out.append(roles)
+    return out
+
+
+def role_modules(model: nn.Module, roles: tuple[str, ...] | list[str]) -> list[str]:
+    """Full names of the block linears with the given roles, in block order."""
+    return [names[r] for names in block_linears(model) for r in roles if r in names]
+
+
+def head_geometry(model: nn.Module) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head size) of the backbone's attention."""
+    cfg = model.backbone.config  # type: ignore[attr-defined]
+    heads = cfg.num_attention_heads
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    return heads, kv, getattr(cfg, "head_dim", None) or cfg.hidden_size // heads

@@ -1,0 +1,138 @@
+"""LT-SFT: lottery-ticket sparse fine-tuning, a K-sparse diff over the pre-trained weights.
+
+Ansell et al., "Composable Sparse Fine-Tuning for Cross-Lingual Transfer", ACL 2022,
+https://arxiv.org/abs/2110.07560, github cambridgeltl/composable-sft (spec section 6).
+
+Phase 1 (the first ``phase1_epochs`` epochs): every maskable tensor (backbone weights, norms
+excluded by default as in the released scripts; not the unused pooler) and the head train.
+At the next ``on_round_start`` (:meth:`LTSFT.start_phase2`) the K entries with the largest
+``|theta - theta_0|`` (one global threshold, ``torch.topk``, so exactly K) form the mask mu,
+everything rewinds to the start (head included), and phase 2 trains with ``g <- g * mu``
+(tensor hooks). A forward pre-hook projects ``theta <- theta_0 + (theta - theta_0) * mu`` before
+every forward, so optimizer moments from phase 1 or weight decay cannot move off-mask entries.
+One iteration (I = 1); the optimizer's moments carry over from phase 1 (the reference code
+starts a new trainer).
+
+:meth:`LTSFT.diff` exports phi as ``{name: (flat indices, values)}`` with exactly K entries;
+:func:`apply_diff` adds a diff in place, so ``theta_0 + phi_a + phi_b`` composes by addition.
+
+What travels: in phase 1 the dense tensors (default); in phase 2 ``<name>::idx`` (int64 flat
+indices) and ``<name>::val`` (fp32 diff values) per maskable tensor, plus the dense head, so a
+ledger that measures the encoded arrays counts exactly these bytes. Split strategies: yes,
+phi is defined over whatever a client holds; FedAvg of diffs takes the union of masks, so
+share the mask after phase 1 or re-sparsify after aggregation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedft.methods.base import METHODS, BaseMethod, freeze_all, unfreeze
+
+SparseDiff = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def maskable(model: nn.Module, norms: bool = False) -> dict[str, nn.Parameter]:
+    """Backbone parameters that may enter the diff (no head, no pooler; norms optional)."""
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) or "Norm" in type(m).__name__
+                for p in m.parameters(recurse=False)}
+    return {n: p for n, p in model.named_parameters()
+            if n.startswith("backbone.") and ".pooler" not in n and (norms or id(p) not in norm_ids)}
+
+
+@torch.no_grad()
+def apply_diff(model: nn.Module, diff: SparseDiff, scale: float = 1.0) -> None:
+    """``theta += scale * phi`` in place (``scale=-1`` reverts)."""
+    state = dict(model.named_parameters())
+    for name, (idx, val) in diff.items():
+        flat = state[name].view(-1)
+        flat.index_add_(0, torch.from_numpy(idx), torch.from_numpy(val).to(flat.dtype) * scale)
+
+
+@METHODS.register("lt_sft")
+class LTSFT(BaseMethod):
+    description = "lottery-ticket sparse FT: dense phase, keep the K most-moved weights, rewind, sparse phase"
+
+    def apply(self, model: nn.Module) -> None:
+        freeze_all(model)
+        self.params = maskable(model, self.cfg.lt_sft.include_norms)
+        for p in self.params.values():
+            p.requires_grad_(True)
+        unfreeze([model.output_layer])
+        self.theta0 = {n: p.detach().cpu().clone() for n, p in self.params.items()}
+        self.head0 = {n: p.detach().clone() for n, p in model.output_layer.named_parameters()}
+        self.mask: dict[str, torch.Tensor] | None = None
+
+    def budget(self) -> int:
+        o = self.cfg.lt_sft
+        total = sum(p.numel() for p in self.params.values())
+        return min(total, o.k or max(1, round(o.density * total)))
+
+    def on_round_start(self, model: nn.Module, server_round: int) -> None:
+        if self.mask is None and server_round == self.cfg.lt_sft.phase1_epochs + 1:
+            self.start_phase2(model)
+
+    @torch.no_grad()
+    def start_phase2(self, model: nn.Module) -> None:
+        """Select the K most-moved entries, rewind to theta_0, mask gradients from now on."""
+        names = list(self.params)
+        moved = torch.cat([(self.params[n].detach().cpu() - self.theta0[n]).abs().view(-1) for n in names])
+        top = torch.topk(moved, self.budget()).indices
+        flat = torch.zeros(moved.numel(), dtype=torch.bool)
+        flat[top] = True
+        self.mask, start = {}, 0
+        for n in names:
+            p = self.params[n]
+            self.mask[n] = flat[start:start + p.numel()].view_as(p).to(p.device)
+            start += p.numel()
+            p.copy_(self.theta0[n])
+            p.register_hook(lambda g, mk=self.mask[n]: g * mk)
+        for n, p in model.output_layer.named_parameters():
+            p.copy_(self.head0[n])
+        model.register_forward_pre_hook(lambda m, args: self.project())
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """Reset off-mask entries to theta_0 (phase 2)."""
+        for n, mk in (self.mask or {}).items():
+            p = self.params[n]
+            p.copy_(torch.where(mk, p, self.theta0[n].to(p.device)))
+
+    @torch.no_grad()
+    def diff(self, model: nn.Module) -> SparseDiff:
+        """phi = (theta - theta_0) on the mask: exactly K (flat index, value) pairs in all."""
+        if self.mask is None:
+            raise RuntimeError("the diff exists after phase 1 (start_phase2)")
+        out = {}
+        for n, mk in self.mask.items():
+            idx = mk.view(-1).nonzero().view(-1).cpu()
+            d = self.params[n].detach().cpu().view(-1)[idx] - self.theta0[n].view(-1)[idx]
+            out[n] = (idx.numpy().astype(np.int64), d.numpy().astype(np.float32))
+        return out
+
+    def finalize(self, model: nn.Module) -> None:
+        self.project()
+
+    def encode_update(self, model: nn.Module) -> dict[str, np.ndarray]:
+        if self.mask is None:
+            return super().encode_update(model)
+        out: dict[str, np.ndarray] = {}
+        for n, (idx, val) in self.diff(model).items():
+            out[f"{n}::idx"], out[f"{n}::val"] = idx, val
+        for n, p in model.named_parameters():
+            if p.requires_grad and n not in self.mask:
+                out[n] = p.detach().cpu().numpy().copy()
+        return out
+
+    @torch.no_grad()
+    def decode_update(self, model: nn.Module, update: dict[str, np.ndarray]) -> None:
+        dense = {k: v for k, v in update.items() if "::" not in k}
+        super().decode_update(model, dense)
+        state = dict(model.named_parameters())
+        for key, idx in update.items():
+            if key.endswith("::idx"):
+                n = key[:-5]
+                state[n].copy_(self.theta0[n])
+                apply_diff(model, {n: (np.asarray(idx), np.asarray(update[f"{n}::val"]))})
