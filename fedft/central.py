@@ -46,6 +46,7 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> tuple[TaskModel, Base
     model = build_task_model(
         bb.model, task=cfg.model.task, num_labels=num_labels, prompt_len=method.prompt_tokens(),
         deep_prompts=method.deep_prompts(), readout=readout, prompt_dropout=cfg.method.prompt_dropout,
+        readout_norm=cfg.model.readout_norm if cfg.model.task == "classification" else "none",
     )
     method.apply(model)
     return model, method, pre
@@ -62,9 +63,11 @@ class _HeadOnFeatures(nn.Module):
         super().__init__()
         self.model = model
         self.head = model.output_layer
+        self.norm = model.readout_norm
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(batch["features"])
+        x = batch["features"]
+        return self.head(x if self.norm is None else self.norm(x))
 
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model.loss(logits, batch)

@@ -41,6 +41,8 @@ class ModelConfig:
     name: str = "dinov2-small"
     task: Literal["classification", "causal_lm"] = "classification"
     readout: Literal["mean", "cls"] = "mean"
+    # batchnorm: standardise the pooled features before the classifier (MAE linear-probe convention)
+    readout_norm: Literal["none", "batchnorm"] = "none"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,24 @@ READOUTS = ("mean", "cls", "tokens")
 TASKS = ("classification", "causal_lm")
 
 
+class ReadoutNorm(nn.BatchNorm1d):
+    """Standardises pooled features before the classifier (BatchNorm without affine parameters),
+    the linear-probing convention of MAE (He et al., 2022). Mean-pooled ViT features share a large
+    common offset that makes a linear head ill-conditioned for few-step training; this removes it.
+
+    Its running statistics are buffers, so they travel with the head in federated runs. A batch
+    of one sample uses the running statistics (batch statistics of one sample are undefined).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] < 2:
+            return F.batch_norm(x, self.running_mean, self.running_var, training=False, eps=self.eps)
+        return super().forward(x)
+
+
 class TaskModel(nn.Module):
     """Backbone + optional :class:`SoftPrompt` + readout + output layer, over an :class:`Arch`.
 
@@ -39,6 +57,7 @@ class TaskModel(nn.Module):
     def __init__(
         self, backbone: nn.Module, arch: Arch, output: nn.Module, task: Task = "classification",
         readout: Readout = "mean", prompt: SoftPrompt | None = None,
+        readout_norm: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -54,6 +73,9 @@ class TaskModel(nn.Module):
         # the output layer keeps its usual name, so parameter names say what they are
         self.output_name = "lm_head" if task == "causal_lm" else "classifier"
         self.add_module(self.output_name, output)
+        if readout_norm is not None and readout == "tokens":
+            raise ValueError("readout_norm applies to pooled readouts (mean or cls), not tokens")
+        self.readout_norm = readout_norm
 
     @property
     def output_layer(self) -> nn.Module:
@@ -102,7 +124,10 @@ class TaskModel(nn.Module):
 
     def logits_from(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Final norm, readout and output layer on the last block's output (B, T, D)."""
-        return self.output_layer(self.pool(self.arch.finish(self.backbone, h), mask))
+        pooled = self.pool(self.arch.finish(self.backbone, h), mask)
+        if self.readout_norm is not None:
+            pooled = self.readout_norm(pooled)  # (B, D)
+        return self.output_layer(pooled)
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Logits: (B, C) for pooled readouts, (B, T, C or V) for ``tokens``."""
@@ -136,6 +161,7 @@ class TaskModel(nn.Module):
 def build_task_model(
     backbone: nn.Module, task: Task = "classification", num_labels: int = 0,
     prompt_len: int = 0, deep_prompts: bool = False, readout: Readout | None = None,
+    readout_norm: str = "none",
     prompt_dropout: float = 0.0,
 ) -> TaskModel:
     """Wrap a Hugging Face model (base or ``*For*`` model) as a :class:`TaskModel`.
@@ -169,7 +195,8 @@ def build_task_model(
     elif deep_prompts:
         raise ValueError("deep_prompts=True needs prompt_len >= 1")
     readout = readout or ("tokens" if task == "causal_lm" else "mean")
-    return TaskModel(base, arch, output, task=task, readout=readout, prompt=prompt)
+    norm = ReadoutNorm(dim) if readout_norm == "batchnorm" else None
+    return TaskModel(base, arch, output, task=task, readout=readout, prompt=prompt, readout_norm=norm)
 
 
 _TINY: dict[str, dict[str, Any]] = {

@@ -34,7 +34,7 @@ def test_linear_probe_trains_only_the_head(tmp_path):
 
 
 def test_text_run(tmp_path):
-    cfg = ExperimentConfig.from_overrides(["model.name=tiny-bert", "data.name=synthetic-text", "data.max_length=16",
+    cfg = ExperimentConfig.from_overrides(["federation.strategy=central", "model.name=tiny-bert", "data.name=synthetic-text", "data.max_length=16",
                                            "method.name=full_ft", "train.epochs=3", "train.lr=0.003"])
     assert run(cfg, tmp_path, show=False)["final_accuracy"] > 0.5
 

@@ -72,13 +72,32 @@ def partitions_for(cfg: ExperimentConfig, labels: np.ndarray) -> list[np.ndarray
                      labels_per_client=p.labels_per_client, min_size=p.min_size)
 
 
-def client_update_keys(rt: ClientRuntime) -> list[str]:
-    """The tensors this client trains and sends: the method's, restricted to head + tail when split."""
-    keys = rt.method.update_keys(rt.model)
-    if rt.parts is None:
-        return keys
-    client = set(rt.parts.client_named_parameters())
-    return [k for k in keys if k in client]
+def travelling_keys(method: BaseMethod, model: TaskModel, parts: SplitParts | None) -> list[str]:
+    """What a client trains and sends: the method's tensors (restricted to head + tail when split),
+    plus the readout norm's running statistics when the model has one."""
+    keys = method.update_keys(model)
+    if parts is not None:
+        client = set(parts.client_named_parameters())
+        keys = [k for k in keys if k in client]
+    return keys + [n for n, _ in model.named_buffers()
+                   if n.startswith("readout_norm.") and n.endswith(("running_mean", "running_var"))]
+
+
+def state_tensors(model: TaskModel) -> dict[str, torch.Tensor]:
+    """Parameters and buffers by name."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def load_tensors(model: TaskModel, update: Update) -> None:
+    """Copy a received update into the model's parameters and buffers (shapes checked)."""
+    state = state_tensors(model)
+    with torch.no_grad():
+        for k, v in update.items():
+            if k not in state:
+                raise KeyError(f"update has unknown tensor {k!r}")
+            if tuple(state[k].shape) != tuple(v.shape):
+                raise ValueError(f"update tensor {k!r} has shape {v.shape}, expected {tuple(state[k].shape)}")
+            state[k].copy_(torch.from_numpy(np.asarray(v)))
 
 
 def n_kept(n: int, keep_ratio: float, batch_size: int) -> int:
@@ -128,14 +147,14 @@ def client_round(
     """Run this client's part of round ``round`` from the global ``update``; return (update, metrics)."""
     t0 = time.time()
     cfg, info = rt.cfg, STRATEGIES.get(rt.cfg.federation.strategy)
-    keys = client_update_keys(rt)
-    rt.method.decode_update(rt.model, update)
+    keys = travelling_keys(rt.method, rt.model, rt.parts)
+    load_tensors(rt.model, update)
     rt.method.on_round_start(rt.model, round)
     idx = rt.partitions[pid]
     torch.manual_seed(int(_rng(cfg, round, pid, 0).integers(2**31)))
     data_rng = _rng(cfg, round, pid, 2)
     flops = FlopsMeter()
-    params = [p for n, p in rt.model.named_parameters() if n in set(keys)]
+    params = [p for n, p in rt.model.named_parameters() if n in set(keys) and p.requires_grad]
     opt = make_optimizer(rt.model, cfg.train) if params else None
     if opt is not None:
         set_lr_factor(opt, [g["lr"] for g in opt.param_groups],
@@ -150,8 +169,8 @@ def client_round(
         metrics.update(_split_round(rt, round, pid, idx, opt, data_rng, flops, open_transport, state))
     metrics["client-flops"] = float(flops.total(party="client"))
     metrics["client-seconds"] = time.time() - t0
-    state_dict = dict(rt.model.named_parameters())
-    out = {k: state_dict[k].detach().cpu().numpy().copy() for k in keys}
+    state = state_tensors(rt.model)
+    out = {k: state[k].detach().cpu().numpy().copy() for k in keys}
     return out, metrics
 
 
@@ -194,12 +213,17 @@ def _split_round(
 
     def local_phase() -> float:
         total, n = 0.0, 0
+        norm = rt.model.readout_norm
+        if norm is not None:  # head features must not enter the statistics of body features
+            momentum, norm.momentum = norm.momentum, 0.0
         for _ in range(sc.local_epochs):
             for batch in rt.train.batches(local_idx, cfg.train.batch_size, shuffle=True, rng=rng):
                 opt.zero_grad(set_to_none=True)
                 r = local_step(parts, batch, loss_fn, flops)
                 opt.step()
                 total, n = total + r.loss * r.n, n + r.n
+        if norm is not None:
+            norm.momentum = momentum
         return total / max(n, 1)
 
     local_loss = local_phase() if sc.local_update_position == "before_split" else 0.0

@@ -22,7 +22,7 @@ from fedft.data.partition import save_partitions
 from fedft.errors import FedftError
 from fedft.federated.aggregation import Update, check_update, spec_of, weighted_mean
 from fedft.federated.checkpoint import Checkpoint
-from fedft.federated.client import partitions_for
+from fedft.federated.client import load_tensors, partitions_for, state_tensors, travelling_keys
 from fedft.flops import FlopsMeter
 from fedft.outputs import PARTITIONS, RunDir
 from fedft.split import SplitSpec, split_model
@@ -40,15 +40,6 @@ class ClientResult:
     update: Update | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
-
-
-def trainable_client_keys(method: Any, model: Any, parts: Any) -> list[str]:
-    """The method's travelling tensors, restricted to head + tail for split strategies."""
-    keys = method.update_keys(model)
-    if parts is None:
-        return keys
-    client = set(parts.client_named_parameters())
-    return [k for k in keys if k in client]
 
 
 class ServerRuntime:
@@ -69,8 +60,8 @@ class ServerRuntime:
         self.parts = None
         if self.info.family == "split":
             self.parts = split_model(self.model, SplitSpec(cfg.split.head_blocks, cfg.split.tail_blocks))
-        keys = trainable_client_keys(self.method, self.model, self.parts)
-        state = dict(self.model.named_parameters())
+        keys = travelling_keys(self.method, self.model, self.parts)
+        state = state_tensors(self.model)
         self.global_update: Update = {k: state[k].detach().numpy().copy() for k in keys}
         self.spec = spec_of(self.global_update)
         self.ledger = CommLedger()
@@ -204,10 +195,7 @@ class ServerRuntime:
         return self._body_flops
 
     def load_global(self) -> None:
-        state = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for k, v in self.global_update.items():
-                state[k].copy_(torch.from_numpy(v))
+        load_tensors(self.model, self.global_update)
 
     def evaluate(self) -> EvalResult:
         """Global client-side state + the server's body on the test split."""

@@ -66,6 +66,8 @@ class Tail(_Part):
         if norm is not None:
             self.norm = norm
         self.add_module(model.output_name, model.output_layer)
+        if model.readout_norm is not None:
+            self.readout_norm = model.readout_norm
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return self.model.logits_from(self.model.run_blocks(self.blocks, h, mask), mask)
