@@ -107,6 +107,8 @@ def run_central(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
         train = cached_features(model, train, cfg.train.eval_batch_size, "features (train)")
         test = cached_features(model, test, cfg.train.eval_batch_size, "features (test)")
         net = _HeadOnFeatures(model)
+        # the head alone is tiny: one thread avoids oversubscription stalls on a busy CPU
+        torch.set_num_threads(1)
     if cfg.train.optimizer == "lbfgs":
         return _finish(cfg, run, model, *_lbfgs_probe(net, train, test, cfg, run, t0), len(train), len(test),
                        trainable, t0)
