@@ -61,7 +61,7 @@ class _HeadOnFeatures(nn.Module):
 
     def __init__(self, model: TaskModel) -> None:
         super().__init__()
-        self.model = model
+        object.__setattr__(self, "model", model)  # a reference, not a submodule: only the head trains
         self.head = model.output_layer
         self.norm = model.readout_norm
 
@@ -137,7 +137,7 @@ def run_central(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
 def _lbfgs_probe(net: nn.Module, train: EncodedSplit, test: EncodedSplit, cfg: ExperimentConfig,
                  run: RunDir, t0: float) -> tuple[float, float]:
     """Full-batch L-BFGS on cached features, L2 penalty ``weight_decay / 2 * ||W||^2`` (a convex probe)."""
-    opt = torch.optim.LBFGS(net.parameters(), lr=1.0, max_iter=20, history_size=20,
+    opt = torch.optim.LBFGS([p for p in net.parameters() if p.requires_grad], lr=1.0, max_iter=20, history_size=20,
                             line_search_fn="strong_wolfe")
     batch = train.batch(np.arange(len(train)))
     weight = net.head.weight  # type: ignore[union-attr]

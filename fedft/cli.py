@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("methods", help="list the fine-tuning methods",
                        description="List the registered fine-tuning methods with a one-line description.")
     m.set_defaults(fn=cmd_methods)
+
+    from fedft.deploy import add_deploy_parser
+
+    add_deploy_parser(sub)
     return p
 
 

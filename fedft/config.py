@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from fedft.deploy_config import DeployConfig
 from fedft.errors import ConfigError
 from fedft.method_configs import (
     AntidoteOptions,
@@ -202,6 +203,7 @@ class ExperimentConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     seed: int = 0
 
     @classmethod

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from fedft.accounting import CommLedger
-from fedft.config import ExperimentConfig
+from fedft.cli import default_config
 from fedft.errors import FedftError
 from fedft.runner import resume, run
 
@@ -54,7 +54,7 @@ def _kill_after_round(out, overrides, round_):
 @pytest.mark.parametrize("strategy", ["sfprompt", "sfl_v2"])
 def test_resume_equals_uninterrupted(tmp_path, strategy):
     overrides = [*TINY, f"federation.strategy={strategy}"]
-    full = run(ExperimentConfig.from_overrides(overrides), tmp_path / "full", show=False)
+    full = run(default_config(overrides), tmp_path / "full", show=False)  # what the CLI below resolves
     killed_at = _kill_after_round(tmp_path / "cut", overrides, 1)
     assert not (tmp_path / "cut" / "summary.json").exists()
     resumed = resume(tmp_path / "cut", show=False)

@@ -115,9 +115,12 @@ def flower_dispatch(grid: Any, srv: ServerRuntime, node_of: dict[int, int], time
 
 def serve(grid: Any, srv: ServerRuntime, progress: bool = True) -> dict[str, Any]:
     """The ServerApp's main: discover nodes, start the body service, run the rounds, stop."""
+    from fedft.deploy_config import body_service_args
+
     try:
         node_of = discover(grid, srv)  # a Flower round trip before any gRPC server starts
-        srv.start_body_service()
-        return run_rounds(srv, flower_dispatch(grid, srv, node_of), progress)
+        srv.start_body_service(**body_service_args(srv.cfg.deploy))  # type: ignore[arg-type]
+        dispatch = flower_dispatch(grid, srv, node_of, timeout=srv.cfg.deploy.round_timeout_s)
+        return run_rounds(srv, dispatch, progress)
     finally:
         srv.stop()

@@ -123,7 +123,14 @@ class ServerRuntime:
 
         if self.service is None:
             return {}
-        return {keys.BODY_ADDRESS: self.service.address, keys.BODY_TOKEN: self.service.token}
+        extra: dict[str, str | int | bytes] = {keys.BODY_ADDRESS: self.service.address,
+                                               keys.BODY_TOKEN: self.service.token}
+        from fedft.deploy_config import body_root_cert
+
+        root = body_root_cert(self.cfg.deploy)  # the CA certificate, when the body runs with TLS
+        if root is not None:
+            extra[keys.BODY_ROOT_CERT] = root
+        return extra
 
     def stop(self) -> None:
         if self.service is not None:
