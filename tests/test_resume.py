@@ -59,8 +59,12 @@ def test_resume_equals_uninterrupted(tmp_path, strategy):
     assert not (tmp_path / "cut" / "summary.json").exists()
     resumed = resume(tmp_path / "cut", show=False)
     assert killed_at >= 1
-    for key in ("final_accuracy", "final_loss", "bytes_total", "bytes_by_kind", "client_flops", "server_flops"):
+    for key in ("bytes_total", "bytes_by_kind", "client_flops", "server_flops"):
         assert resumed[key] == full[key], key
+    # round 1 ran in another process: with a trainable body, BLAS summation order may differ in the
+    # last float bits, so the metrics are compared to float32 precision
+    for key in ("final_accuracy", "final_loss"):
+        assert resumed[key] == pytest.approx(full[key], rel=1e-5), key
     a = CommLedger.from_csv(tmp_path / "full" / "ledger.csv")
     b = CommLedger.from_csv(tmp_path / "cut" / "ledger.csv")
     assert a.by_round() == b.by_round() and a.by_kind() == b.by_kind()
