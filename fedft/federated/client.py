@@ -30,6 +30,7 @@ from fedft.data.datasets import EncodedSplit, encode, load_raw
 from fedft.data.partition import partition
 from fedft.flops import FlopsMeter
 from fedft.methods import BaseMethod
+from fedft.methods.base import load_tensors, state_tensors
 from fedft.modeling import TaskModel
 from fedft.split import SplitParts, SplitSpec, el2n_scores, local_step, split_model, split_step
 from fedft.split.transport import Transport
@@ -81,23 +82,6 @@ def travelling_keys(method: BaseMethod, model: TaskModel, parts: SplitParts | No
         keys = [k for k in keys if k in client]
     return keys + [n for n, _ in model.named_buffers()
                    if n.startswith("readout_norm.") and n.endswith(("running_mean", "running_var"))]
-
-
-def state_tensors(model: TaskModel) -> dict[str, torch.Tensor]:
-    """Parameters and buffers by name."""
-    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
-
-
-def load_tensors(model: TaskModel, update: Update) -> None:
-    """Copy a received update into the model's parameters and buffers (shapes checked)."""
-    state = state_tensors(model)
-    with torch.no_grad():
-        for k, v in update.items():
-            if k not in state:
-                raise KeyError(f"update has unknown tensor {k!r}")
-            if tuple(state[k].shape) != tuple(v.shape):
-                raise ValueError(f"update tensor {k!r} has shape {v.shape}, expected {tuple(state[k].shape)}")
-            state[k].copy_(torch.from_numpy(np.asarray(v)))
 
 
 def n_kept(n: int, keep_ratio: float, batch_size: int) -> int:

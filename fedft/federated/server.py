@@ -22,8 +22,9 @@ from fedft.data.partition import save_partitions
 from fedft.errors import FedftError
 from fedft.federated.aggregation import Update, check_update, spec_of, weighted_mean
 from fedft.federated.checkpoint import Checkpoint
-from fedft.federated.client import load_tensors, partitions_for, state_tensors, travelling_keys
+from fedft.federated.client import partitions_for, travelling_keys
 from fedft.flops import FlopsMeter
+from fedft.methods.base import load_tensors, state_tensors
 from fedft.outputs import PARTITIONS, RunDir
 from fedft.split import SplitSpec, split_model
 from fedft.strategies import STRATEGIES

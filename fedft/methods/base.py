@@ -62,14 +62,24 @@ class BaseMethod:
 
     def decode_update(self, model: nn.Module, update: dict[str, np.ndarray]) -> None:
         """Load a received update into ``model`` (in place)."""
-        state = dict(model.named_parameters())
-        with torch.no_grad():
-            for k, v in update.items():
-                if k not in state:
-                    raise KeyError(f"update has unknown tensor {k!r}")
-                if tuple(state[k].shape) != tuple(v.shape):
-                    raise ValueError(f"update tensor {k!r} has shape {v.shape}, expected {tuple(state[k].shape)}")
-                state[k].copy_(torch.from_numpy(np.asarray(v)))
+        load_tensors(model, update)
+
+
+def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers by name."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def load_tensors(model: nn.Module, update: dict[str, np.ndarray]) -> None:
+    """Copy named arrays into the model's parameters and buffers (names and shapes checked)."""
+    state = state_tensors(model)
+    with torch.no_grad():
+        for k, v in update.items():
+            if k not in state:
+                raise KeyError(f"update has unknown tensor {k!r}")
+            if tuple(state[k].shape) != tuple(v.shape):
+                raise ValueError(f"update tensor {k!r} has shape {v.shape}, expected {tuple(state[k].shape)}")
+            state[k].copy_(torch.from_numpy(np.asarray(v)))
 
 
 METHODS: Registry[type[BaseMethod]] = Registry("method")
