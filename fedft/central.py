@@ -24,6 +24,7 @@ from fedft.methods import METHODS, BaseMethod
 from fedft.modeling import TaskModel, build_task_model
 from fedft.models import load_backbone, load_preprocessor
 from fedft.outputs import METRICS, RunDir, read_metrics
+from fedft.precondition import head_preconditioner
 from fedft.train import (
     evaluate,
     lr_factor,
@@ -49,6 +50,10 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> tuple[TaskModel, Base
         readout_norm=cfg.model.readout_norm if cfg.model.task == "classification" else "none",
     )
     method.apply(model)
+    if cfg.train.head_preconditioner == "kfac" and cfg.model.task == "classification":
+        from fedft.precondition import HeadStats
+
+        model.head_stats = HeadStats(model.output_layer.in_features)
     return model, method, pre
 
 
@@ -121,7 +126,8 @@ def run_central(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
     for epoch in bar:
         set_lr_factor(opt, base_lrs, lr_factor(cfg.train, epoch - 1, cfg.train.epochs))
         method.on_round_start(model, epoch)
-        train_loss, _ = train_epoch(net, train, np.arange(len(train)), cfg.train.batch_size, opt, rng)
+        pre = head_preconditioner(model, cfg.train.kfac_damping)
+        train_loss, _ = train_epoch(net, train, np.arange(len(train)), cfg.train.batch_size, opt, rng, pre=pre)
         result = evaluate(net, test, cfg.train.eval_batch_size)
         run.append_metrics({"epoch": epoch, "train_loss": train_loss, "loss": result.loss,
                             "accuracy": result.accuracy, "seconds": time.time() - t0})

@@ -95,9 +95,15 @@ class SFPromptConfig:
     local_update_on_pruned: bool = True
     local_update_position: Literal["before_split", "after_split"] = "before_split"
     agg_weighting: Literal["n_samples", "n_kept", "uniform"] = "n_samples"
+    # [D] learning-rate multiplier during the local-loss update (its tail sees head features, not
+    # body features: spec section 6, feature-shift caveat)
+    local_lr_scale: float = 1.0
+    # spec 4.5 option: a fresh optimizer state (momentum) for split training after the local update
+    reset_optimizer: bool = False
 
     def __post_init__(self) -> None:
         _check(0 < self.keep_ratio <= 1, "method.sfprompt.keep_ratio", "a float in (0, 1]")
+        _check(self.local_lr_scale >= 0, "method.sfprompt.local_lr_scale", "a float >= 0")
         _check(self.local_epochs >= 0, "method.sfprompt.local_epochs", "an integer >= 0")
         _check(self.split_epochs >= 0, "method.sfprompt.split_epochs", "an integer >= 0")
 
@@ -146,7 +152,7 @@ class FederationConfig:
 
     strategy: str = "sfprompt"
     engine: Literal["simulation", "inprocess"] = "simulation"
-    rounds: int = 5
+    rounds: int = 10
     clients_per_round: int = 0  # 0 = all clients every round
     eval_every: int = 1
     cpus_per_client: float = 1.0
@@ -174,11 +180,15 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: Literal["constant", "cosine"] = "constant"
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    # kfac: precondition the classifier's gradient by its input second moment (fedft/precondition.py)
+    head_preconditioner: Literal["none", "kfac"] = "none"
+    kfac_damping: float = 1e-3  # lambda = kfac_damping * mean eigenvalue of the second moment
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 0, "train.epochs", "an integer >= 0")
         _check(self.batch_size >= 1, "train.batch_size", "an integer >= 1")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", "an integer >= 1")
+        _check(self.kfac_damping > 0, "train.kfac_damping", "a float > 0")
         for name in ("lr", "head_lr", "prompt_lr", "weight_decay"):
             _check(getattr(self, name) >= 0, f"train.{name}", "a float >= 0")
 

@@ -12,7 +12,8 @@ build small random models and synthetic batches for tests without touching the n
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -40,6 +41,19 @@ class ReadoutNorm(nn.BatchNorm1d):
 
     def __init__(self, dim: int) -> None:
         super().__init__(dim, affine=False)
+
+    @contextmanager
+    def round_average(self) -> Iterator[None]:
+        """Inside this block the running statistics become the exact average of the batch
+        statistics seen (momentum None from a zero count), not an exponential average that still
+        weighs the received global statistics: what a client sends is then its own round's
+        estimate, and FedAvg combines those."""
+        saved, self.momentum = self.momentum, None
+        self.num_batches_tracked.zero_()  # type: ignore[union-attr]
+        try:
+            yield
+        finally:
+            self.momentum = saved
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] < 2:
@@ -76,6 +90,7 @@ class TaskModel(nn.Module):
         if readout_norm is not None and readout == "tokens":
             raise ValueError("readout_norm applies to pooled readouts (mean or cls), not tokens")
         self.readout_norm = readout_norm
+        self.head_stats: nn.Module | None = None  # fedft.precondition.HeadStats when the head is preconditioned
 
     @property
     def output_layer(self) -> nn.Module:

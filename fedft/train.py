@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,7 @@ from torch import nn
 
 from fedft.config import TrainConfig
 from fedft.data.datasets import EncodedSplit
+from fedft.precondition import HeadPreconditioner
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -100,16 +102,26 @@ def evaluate(model: nn.Module, split: EncodedSplit, batch_size: int, idx: np.nda
 def train_epoch(
     model: nn.Module, split: EncodedSplit, idx: np.ndarray, batch_size: int,
     opt: torch.optim.Optimizer, rng: np.random.Generator, batches: Iterable | None = None,
+    pre: HeadPreconditioner | None = None,
 ) -> tuple[float, int]:
-    """One epoch of minibatch training over samples ``idx``; returns (mean loss, samples)."""
+    """One epoch of minibatch training over samples ``idx``; returns (mean loss, samples).
+
+    With ``pre``, the task head's gradient is preconditioned before each step and the epoch's
+    input statistics are stored at the end (:mod:`fedft.precondition`).
+    """
     model.train()
     loss_sum, n = 0.0, 0
     for batch in batches if batches is not None else split.batches(idx, batch_size, shuffle=True, rng=rng):
         opt.zero_grad(set_to_none=True)
-        logits = model(batch)
+        with pre.active() if pre is not None else nullcontext():
+            logits = model(batch)
         loss = model.loss(logits, batch)  # type: ignore[operator]
         loss.backward()
+        if pre is not None:
+            pre.apply()
         opt.step()
         b = len(batch["labels"])
         loss_sum, n = loss_sum + float(loss.detach()) * b, n + b
+    if pre is not None:
+        pre.finish()
     return loss_sum / max(n, 1), n

@@ -32,6 +32,7 @@ from fedft.flops import FlopsMeter
 from fedft.methods import BaseMethod
 from fedft.methods.base import load_tensors, state_tensors
 from fedft.modeling import TaskModel
+from fedft.precondition import head_preconditioner
 from fedft.split import SplitParts, SplitSpec, el2n_scores, local_step, split_model, split_step
 from fedft.split.transport import Transport
 from fedft.strategies import STRATEGIES
@@ -75,13 +76,15 @@ def partitions_for(cfg: ExperimentConfig, labels: np.ndarray) -> list[np.ndarray
 
 def travelling_keys(method: BaseMethod, model: TaskModel, parts: SplitParts | None) -> list[str]:
     """What a client trains and sends: the method's tensors (restricted to head + tail when split),
-    plus the readout norm's running statistics when the model has one."""
+    plus the readout norm's running statistics and the head preconditioner's second moment when
+    the model has them."""
     keys = method.update_keys(model)
     if parts is not None:
         client = set(parts.client_named_parameters())
         keys = [k for k in keys if k in client]
     return keys + [n for n, _ in model.named_buffers()
-                   if n.startswith("readout_norm.") and n.endswith(("running_mean", "running_var"))]
+                   if (n.startswith("readout_norm.") and n.endswith(("running_mean", "running_var")))
+                   or n.startswith("head_stats.")]
 
 
 def n_kept(n: int, keep_ratio: float, batch_size: int) -> int:
@@ -162,19 +165,38 @@ def _fl_round(rt: ClientRuntime, idx: np.ndarray, opt: Any, rng: np.random.Gener
               flops: FlopsMeter) -> float:
     model, cfg = rt.model, rt.cfg
     model.train()
+    pre = head_preconditioner(model, cfg.train.kfac_damping, flops, Phase.TRAIN)
+    with _averaging(model):
+        loss_sum, n = _fl_epochs(rt, idx, opt, rng, flops, pre)
+    if pre is not None:
+        pre.finish()
+    return loss_sum / max(n, 1)
+
+
+def _fl_epochs(rt: ClientRuntime, idx: np.ndarray, opt: Any, rng: np.random.Generator,
+               flops: FlopsMeter, pre: Any) -> tuple[float, int]:
+    model, cfg = rt.model, rt.cfg
     loss_sum, n = 0.0, 0
     for _ in range(cfg.train.epochs):
         for batch in rt.train.batches(idx, cfg.train.batch_size, shuffle=True, rng=rng):
             key = tuple((k, tuple(v.shape)) for k, v in sorted(batch.items()))
             opt.zero_grad(set_to_none=True)
-            with flops.measure("client", Phase.TRAIN, "full", "fwd", key):
+            with _active(pre), flops.measure("client", Phase.TRAIN, "full", "fwd", key):
                 logits = model(batch)
                 loss = model.loss(logits, batch)
             with flops.measure("client", Phase.TRAIN, "full", "bwd", key):
                 loss.backward()
+            if pre is not None:
+                pre.apply()
             opt.step()
             loss_sum, n = loss_sum + float(loss.detach()) * len(logits), n + len(logits)
-    return loss_sum / max(n, 1)
+    return loss_sum, n
+
+
+def _active(pre: Any) -> Any:
+    from contextlib import nullcontext
+
+    return nullcontext() if pre is None else pre.active()
 
 
 def _split_round(
@@ -200,36 +222,65 @@ def _split_round(
         norm = rt.model.readout_norm
         if norm is not None:  # head features must not enter the statistics of body features
             momentum, norm.momentum = norm.momentum, 0.0
+        lrs = [g["lr"] for g in opt.param_groups]
+        set_lr_factor(opt, lrs, sc.local_lr_scale)
         for _ in range(sc.local_epochs):
             for batch in rt.train.batches(local_idx, cfg.train.batch_size, shuffle=True, rng=rng):
                 opt.zero_grad(set_to_none=True)
                 r = local_step(parts, batch, loss_fn, flops)
                 opt.step()
                 total, n = total + r.loss * r.n, n + r.n
+        set_lr_factor(opt, lrs, 1.0)
         if norm is not None:
             norm.momentum = momentum
+        if sc.reset_optimizer:
+            opt.state.clear()
         return total / max(n, 1)
 
     local_loss = local_phase() if sc.local_update_position == "before_split" else 0.0
     split_idx = kept
     if sc.rescore_before_split and sc.pruning == "el2n":
         split_idx = prune(rt, idx, round, pid, flops)
-    total, n = 0.0, 0
-    if sc.split_epochs and len(split_idx):
-        sample = rt.train.batch(split_idx[:1])
-        with torch.no_grad():
-            h, _ = parts.head(sample)
-        with open_transport(Phase.SPLIT, int(h.shape[1]), int(h.shape[2])) as transport:
-            for _ in range(sc.split_epochs):
-                for batch in rt.train.batches(split_idx, cfg.train.batch_size, shuffle=True, rng=rng):
-                    opt.zero_grad(set_to_none=True)
-                    r = split_step(parts, batch, transport, loss_fn, flops)
-                    opt.step()
-                    total, n = total + r.loss * r.n, n + r.n
+    loss, n = _split_phase(rt, split_idx, opt, rng, flops, open_transport)
     if sc.local_update_position == "after_split":
         local_loss = local_phase()
-    return {"num-kept": float(len(kept)), "train-loss": total / max(n, 1), "local-loss": local_loss,
+    return {"num-kept": float(len(kept)), "train-loss": loss, "local-loss": local_loss,
             "split-samples": float(n)}
+
+
+def _split_phase(rt: ClientRuntime, split_idx: np.ndarray, opt: Any, rng: np.random.Generator,
+                 flops: FlopsMeter, open_transport: OpenTransport) -> tuple[float, int]:
+    """Split training (spec 4.2, Phase 2) over ``split_idx``: (mean loss, samples)."""
+    cfg, parts = rt.cfg, rt.parts
+    assert parts is not None
+    if not rt.cfg.method.sfprompt.split_epochs or not len(split_idx):
+        return 0.0, 0
+    sample = rt.train.batch(split_idx[:1])
+    with torch.no_grad():
+        h, _ = parts.head(sample)
+    pre = head_preconditioner(rt.model, cfg.train.kfac_damping, flops, Phase.SPLIT)
+    total, n = 0.0, 0
+    with open_transport(Phase.SPLIT, int(h.shape[1]), int(h.shape[2])) as transport, _averaging(rt.model):
+        for _ in range(cfg.method.sfprompt.split_epochs):
+            for batch in rt.train.batches(split_idx, cfg.train.batch_size, shuffle=True, rng=rng):
+                opt.zero_grad(set_to_none=True)
+                with _active(pre):
+                    r = split_step(parts, batch, transport, rt.model.loss, flops)
+                if pre is not None:
+                    pre.apply()
+                opt.step()
+                total, n = total + r.loss * r.n, n + r.n
+    if pre is not None:
+        pre.finish()
+    return total / max(n, 1), n
+
+
+def _averaging(model: TaskModel) -> Any:
+    """The readout norm's round-average context (a no-op without a readout norm)."""
+    from contextlib import nullcontext
+
+    norm = model.readout_norm
+    return nullcontext() if norm is None else norm.round_average()  # type: ignore[operator]
 
 
 def loopback_opener(session_factory: Callable[[], Any], ledger: CommLedger, round: int, client: str,
