@@ -71,7 +71,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from fedft.errors import ConfigError
 
         raise ConfigError("--strategies needs at least one name, e.g. --strategies sfprompt,fl_full")
-    compare(cfg, names, args.out)
+    per: dict[str, list[str]] = {}
+    for item in args.set_for or []:
+        strategy, sep, kv = item.partition(":")
+        if not sep or "=" not in kv:
+            from fedft.errors import ConfigError
+
+            raise ConfigError(f"--set-for {item!r} must look like STRATEGY:section.key=value")
+        per.setdefault(strategy.strip(), []).append(kv)
+    compare(cfg, names, args.out, per_strategy=per)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fedft.evaluation import evaluate_run
+    from fedft.outputs import print_summary
+
+    out = evaluate_run(args.run_dir, test_size=args.test_size, batch_size=args.batch_size)
+    print_summary(out, title="fedft evaluate")
     return 0
 
 
@@ -128,8 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", "-c", type=Path, help="TOML config file (default: the embedded main job)")
     c.add_argument("--strategies", required=True, help="comma-separated, e.g. sfprompt,fl_full,sfl")
     c.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a config value")
+    c.add_argument("--set-for", action="append", metavar="STRATEGY:KEY=VALUE",
+                   help="override a value for one strategy only, e.g. --set-for fl_full:train.lr=0.0003 "
+                        "(repeatable; recorded in DIR/<strategy>/config.toml)")
     c.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory")
     c.set_defaults(fn=cmd_compare)
+
+    e = sub.add_parser("evaluate", help="evaluate a federated run's last global model on the test split",
+                       description="Load RUN_DIR's config and last checkpoint and evaluate the global model "
+                                   "on the test split (default: all of it, not the per-round subset of "
+                                   "data.test_size). Writes RUN_DIR/evaluation.json.", epilog=EPILOG)
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a federated run directory (with checkpoint/)")
+    e.add_argument("--test-size", type=int, default=0, help="test samples to use (default 0 = the whole test split)")
+    e.add_argument("--batch-size", type=int, default=0, help="evaluation batch size (default: the run's)")
+    e.set_defaults(fn=cmd_evaluate)
 
     a = sub.add_parser("assets", help="fetch and verify the offline models and datasets",
                        description="Fetch, verify (sha256) and cache real pretrained models and datasets from "

@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from fedft.config import ExperimentConfig
+from fedft.config import ExperimentConfig, build, merge, parse_overrides
 from fedft.errors import ConfigError
 from fedft.outputs import METRICS, RunDir, human_bytes, read_metrics
 from fedft.strategies import STRATEGIES
@@ -34,8 +34,17 @@ def _row(s: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def compare(cfg: ExperimentConfig, strategies: list[str], out: str | Path, show: bool = True) -> list[dict[str, Any]]:
-    """Run ``strategies`` on ``cfg``; write DIR/<strategy>/..., DIR/compare.csv and the plot."""
+def compare(cfg: ExperimentConfig, strategies: list[str], out: str | Path, show: bool = True,
+            per_strategy: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """Run ``strategies`` on ``cfg``; write DIR/<strategy>/..., DIR/compare.csv and the plot.
+
+    ``per_strategy`` maps a strategy to ``key=value`` overrides applied to it alone (tuned
+    baseline learning rates, say); data, partitions and seeds stay shared.
+    """
+    per_strategy = per_strategy or {}
+    unknown = sorted(set(per_strategy) - set(strategies))
+    if unknown:
+        raise ConfigError(f"--set-for names {', '.join(unknown)}, which is not in --strategies {','.join(strategies)}")
     for s in strategies:
         if s not in STRATEGIES:
             raise ConfigError(f"unknown strategy {s!r} in --strategies; allowed: {', '.join(STRATEGIES.names())}")
@@ -45,6 +54,8 @@ def compare(cfg: ExperimentConfig, strategies: list[str], out: str | Path, show:
     jobs = []
     for s in strategies:
         c = cfg.replace(federation=dataclasses.replace(cfg.federation, strategy=s))
+        if per_strategy.get(s):
+            c = build(ExperimentConfig, merge(c.to_dict(), parse_overrides(per_strategy[s])))
         jobs.append((STRATEGIES.get(s).configure(c), RunDir(out / s)))
     if cfg.federation.engine == "simulation":
         from fedft.federated.simulation import run_simulated

@@ -74,6 +74,16 @@ def test_sfprompt_ledger_matches_formula(tmp_path):
     assert summary["bytes_total"] == sum(by_kind.values())
 
 
+def test_kfac_second_moment_travels_with_prompts_and_tail(tmp_path):
+    _, ledger, _ = _run(tmp_path, "sfprompt", "train.head_preconditioner=kfac")
+    tail_prompt = {"backbone.layernorm.bias": D, "backbone.layernorm.weight": D,
+                   "classifier.bias": 10, "classifier.weight": 10 * D, "prompt.prompt_embeddings": P * D,
+                   "head_stats.second_moment": (D + 1) * (D + 2) // 2}  # packed upper triangle of [x; 1]
+    per_client = _params_bytes(tail_prompt)
+    assert ledger.by_kind()["params_down"] == ROUNDS * N_CLIENTS * per_client
+    assert ledger.by_kind()["params_up"] == ROUNDS * N_CLIENTS * per_client
+
+
 def test_fl_full_ledger_is_twice_the_model(tmp_path):
     _, ledger, _ = _run(tmp_path, "fl_full")
     from fedft.central import build_model
