@@ -4,11 +4,12 @@ K-FAC input-factor preconditioning (fedft/precondition.py) change?
 Computes the main job's readout features (mean-pooled final-LayerNorm output of the frozen
 body, initial prompts) for ``--n`` MNIST training and ``--n-test`` test images, then reports:
 the share of the squared feature norm in the common offset; the eigenvalue spectrum of the
-standardised feature covariance; and the test accuracy of one pass of minibatch SGD (batch 8,
-momentum 0.9) on standardised features, plain (best of a small learning-rate sweep) and
-preconditioned, next to a converged full-batch L-BFGS probe.
+standardised feature covariance; and the test accuracy after ``--epochs`` passes of minibatch
+SGD (batch 8, momentum 0.9) on standardised features, plain (best of a small learning-rate
+sweep) and preconditioned (each epoch with the previous epoch's second moment, the first with
+its running estimate), next to a converged full-batch L-BFGS probe.
 
-    .venv/bin/python experiments/analyze_head_conditioning.py --n 2000 --n-test 1000 \
+    .venv/bin/python experiments/analyze_head_conditioning.py --n 2000 --n-test 1000 --epochs 2 \
         --json experiments/results/head_conditioning.json
 """
 
@@ -35,9 +36,10 @@ def sgd_epoch(x: torch.Tensor, y: torch.Tensor, xt: torch.Tensor, yt: torch.Tens
     torch.manual_seed(seed)
     head = nn.Linear(x.shape[1], int(y.max()) + 1)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9)
-    pre = HeadPreconditioner(head, HeadStats(x.shape[1]), damping=3e-3) if precondition else None
+    stats = HeadStats(x.shape[1])
     rng = np.random.default_rng(seed)
-    for _ in range(epochs):
+    for _ in range(epochs):  # as in training: each epoch uses the previous epoch's statistics
+        pre = HeadPreconditioner(head, stats, damping=3e-3) if precondition else None
         perm = rng.permutation(len(x))
         for i in range(0, len(x), 8):
             b = torch.from_numpy(perm[i:i + 8])
@@ -51,6 +53,8 @@ def sgd_epoch(x: torch.Tensor, y: torch.Tensor, xt: torch.Tensor, yt: torch.Tens
             if pre is not None:
                 pre.apply()
             opt.step()
+        if pre is not None:
+            pre.finish()
     with torch.no_grad():
         return float((head(xt).argmax(-1) == yt).float().mean())
 
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000, help="training images (default 2000, the main job's)")
     ap.add_argument("--n-test", type=int, default=1000, help="test images (default 1000)")
-    ap.add_argument("--epochs", type=int, default=1, help="SGD passes over the training images")
+    ap.add_argument("--epochs", type=int, default=2, help="SGD passes over the training images (default 2)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)

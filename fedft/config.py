@@ -176,6 +176,8 @@ class TrainConfig:
     lr: float = 1e-3
     head_lr: float = 0.0  # 0 = same as lr; lr of the new task head (classifier)
     prompt_lr: float = 0.0  # 0 = same as lr
+    # a separate optimizer for the prompts ("same": the one above)
+    prompt_optimizer: Literal["same", "sgd", "adam", "adamw"] = "same"
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: Literal["constant", "cosine"] = "constant"

@@ -28,7 +28,6 @@ def evaluate_run(run_dir: str | Path, test_size: int = 0, batch_size: int = 0) -
     from fedft.central import build_model
     from fedft.data.datasets import encode, load_raw
     from fedft.federated.checkpoint import load
-    from fedft.methods.base import load_tensors
     from fedft.split import SplitSpec, split_model
     from fedft.train import evaluate
 
@@ -43,8 +42,8 @@ def evaluate_run(run_dir: str | Path, test_size: int = 0, batch_size: int = 0) -
     cfg = ExperimentConfig.from_toml(path / CONFIG)
     cfg = cfg.replace(data=replace(cfg.data, test_size=test_size))
     raw = load_raw(cfg.data, cfg.seed)
-    model, _, pre = build_model(cfg, raw.num_labels)
-    load_tensors(model, ckpt.global_update)
+    model, method, pre = build_model(cfg, raw.num_labels)
+    method.decode_update(model, ckpt.global_update)
     if ckpt.body is not None:
         parts = split_model(model, SplitSpec(cfg.split.head_blocks, cfg.split.tail_blocks))
         parts.body.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt.body.items()})

@@ -39,11 +39,62 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return [{"params": ps, "lr": lrs[k], "name": k} for k, ps in groups.items() if ps]
 
 
+class PairedOptimizer:
+    """Two optimizers stepped together (``train.prompt_optimizer``: prompts on their own).
+
+    Exposes what the training loops use: ``param_groups`` (the groups of both, the same dicts, so
+    learning-rate schedules reach both), ``state`` (``clear()`` resets both), ``step``,
+    ``zero_grad``, ``state_dict``."""
+
+    def __init__(self, first: torch.optim.Optimizer, second: torch.optim.Optimizer) -> None:
+        self.optimizers = (first, second)
+        self.param_groups = [*first.param_groups, *second.param_groups]
+
+    class _State:
+        def __init__(self, owner: PairedOptimizer) -> None:
+            self.owner = owner
+
+        def clear(self) -> None:
+            for o in self.owner.optimizers:
+                o.state.clear()
+
+    @property
+    def state(self) -> _State:
+        return PairedOptimizer._State(self)
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+
+def _build(groups: list[dict], name: str, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The configured optimizer over the trainable parameters of ``model``."""
     groups = param_groups(model, cfg)
     if not groups:
         raise ValueError("the model has no trainable parameters")
+    if cfg.optimizer == "lbfgs":
+        raise ValueError("lbfgs is a full-batch optimizer for cached-feature probes only")
+    prompts = [g for g in groups if g["name"] == "prompt"]
+    if cfg.prompt_optimizer != "same" and prompts:
+        rest = [g for g in groups if g["name"] != "prompt"]
+        if rest:
+            return PairedOptimizer(_build(rest, cfg.optimizer, cfg), _build(prompts, cfg.prompt_optimizer, cfg))  # type: ignore[return-value]
+        return _build(prompts, cfg.prompt_optimizer, cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "lbfgs":

@@ -28,9 +28,9 @@ from fedft.accounting import CommLedger, Phase
 from fedft.config import ExperimentConfig
 from fedft.data.datasets import EncodedSplit, encode, load_raw
 from fedft.data.partition import partition
+from fedft.federated.payload import receive, upload
 from fedft.flops import FlopsMeter
 from fedft.methods import BaseMethod
-from fedft.methods.base import load_tensors, state_tensors
 from fedft.modeling import TaskModel
 from fedft.precondition import head_preconditioner
 from fedft.split import SplitParts, SplitSpec, el2n_scores, local_step, split_model, split_step
@@ -72,19 +72,6 @@ def partitions_for(cfg: ExperimentConfig, labels: np.ndarray) -> list[np.ndarray
     p = cfg.partition
     return partition(labels, p.scheme, p.num_clients, cfg.seed, alpha=p.alpha,
                      labels_per_client=p.labels_per_client, min_size=p.min_size)
-
-
-def travelling_keys(method: BaseMethod, model: TaskModel, parts: SplitParts | None) -> list[str]:
-    """What a client trains and sends: the method's tensors (restricted to head + tail when split),
-    plus the readout norm's running statistics and the head preconditioner's second moment when
-    the model has them."""
-    keys = method.update_keys(model)
-    if parts is not None:
-        client = set(parts.client_named_parameters())
-        keys = [k for k in keys if k in client]
-    return keys + [n for n, _ in model.named_buffers()
-                   if (n.startswith("readout_norm.") and n.endswith(("running_mean", "running_var")))
-                   or n.startswith("head_stats.")]
 
 
 def n_kept(n: int, keep_ratio: float, batch_size: int) -> int:
@@ -134,15 +121,15 @@ def client_round(
     """Run this client's part of round ``round`` from the global ``update``; return (update, metrics)."""
     t0 = time.time()
     cfg, info = rt.cfg, STRATEGIES.get(rt.cfg.federation.strategy)
-    keys = travelling_keys(rt.method, rt.model, rt.parts)
-    load_tensors(rt.model, update)
+    receive(rt.method, rt.model, update)
     rt.method.on_round_start(rt.model, round)
     idx = rt.partitions[pid]
     torch.manual_seed(int(_rng(cfg, round, pid, 0).integers(2**31)))
     data_rng = _rng(cfg, round, pid, 2)
     flops = FlopsMeter()
-    params = [p for n, p in rt.model.named_parameters() if n in set(keys) and p.requires_grad]
-    opt = make_optimizer(rt.model, cfg.train) if params else None
+    held = (rt.parts.client_parameters() if rt.parts is not None
+            else [p for p in rt.model.parameters() if p.requires_grad])
+    opt = make_optimizer(rt.model, cfg.train) if held else None
     if opt is not None:
         set_lr_factor(opt, [g["lr"] for g in opt.param_groups],
                       lr_factor(cfg.train, round - 1, cfg.federation.rounds))
@@ -156,9 +143,7 @@ def client_round(
         metrics.update(_split_round(rt, round, pid, idx, opt, data_rng, flops, open_transport, state))
     metrics["client-flops"] = float(flops.total(party="client"))
     metrics["client-seconds"] = time.time() - t0
-    state = state_tensors(rt.model)
-    out = {k: state[k].detach().cpu().numpy().copy() for k in keys}
-    return out, metrics
+    return upload(rt.method, rt.model, rt.parts), metrics
 
 
 def _fl_round(rt: ClientRuntime, idx: np.ndarray, opt: Any, rng: np.random.Generator,

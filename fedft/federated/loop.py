@@ -16,6 +16,7 @@ from typing import Any
 from flwr.app import RecordDict
 from tqdm.auto import tqdm
 
+from fedft.federated.payload import numel
 from fedft.federated.records import train_content
 from fedft.federated.server import ClientResult, ServerRuntime
 from fedft.outputs import LEDGER, METRICS, read_metrics
@@ -47,6 +48,7 @@ def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) ->
     bar = tqdm(range(first, cfg.federation.rounds + 1), desc=f"{cfg.federation.strategy} rounds", unit="round",
                disable=not progress, initial=first - 1, total=cfg.federation.rounds)
     for rnd in bar:
+        srv.start_round(rnd)
         pids = srv.sample(rnd)
         before = srv.ledger.total()
         if srv.info.sequential:  # SL: each client starts from the previous client's part
@@ -54,7 +56,7 @@ def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) ->
             for pid in pids:
                 res = dispatch(rnd, [pid], train_content(srv.global_update, cfg, rnd, srv.round_extra()))[0]
                 if srv.accept(res):
-                    srv.global_update = res.update  # type: ignore[assignment]
+                    srv.hand_on(res)
                 results.append(res)
         else:
             results = dispatch(rnd, pids, train_content(srv.global_update, cfg, rnd, srv.round_extra()))
@@ -86,6 +88,10 @@ def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) ->
             log.warning("round %d: no client succeeded; the global state is unchanged", rnd)
     if result is None:  # resumed after the last round: evaluate the restored state
         result = srv.evaluate()
+    if srv.finalize():  # merge / interpolate / prune the final global model, then evaluate again
+        result = srv.evaluate()
+        run.append_metrics({"round": cfg.federation.rounds, "accuracy": result.accuracy, "loss": result.loss,
+                            "seconds": earlier + time.time() - t0})
     run.write_ledger(srv.ledger)
     summary = summarize(srv, result, client_flops, server_flops, earlier + time.time() - t0)
     if cfg.output.plots:
@@ -114,7 +120,7 @@ def summarize(srv: ServerRuntime, result: Any, client_flops: float, server_flops
         "bytes_by_direction": srv.ledger.by_direction(),
         "client_flops": client_flops,
         "server_flops": server_flops,
-        "travelling_params": int(sum(v.size for v in srv.global_update.values())),
+        "travelling_params": numel(srv.global_update),
         "wall_seconds": round(seconds, 2),
     }
 

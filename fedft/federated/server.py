@@ -3,7 +3,9 @@
 The server holds the whole pre-trained model. For split strategies it serves the body over the
 gRPC body service (frozen and shared for SFPrompt; trainable for SL / SplitFed) and keeps the
 global client-side state (prompts + tail, or head + tail); for FL strategies the global state is
-every travelling tensor of the method. Aggregation is FedAvg weighted by the configured count.
+every tensor the method trains. The server's model is the source of truth: each round's download
+is cut from it (:mod:`fedft.federated.payload`), and the FedAvg of the uploads (weighted by the
+configured count, per tensor over its senders, masked for sparse pairs) is decoded into it.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from fedft.config import ExperimentConfig
 from fedft.data.datasets import encode, load_raw
 from fedft.data.partition import save_partitions
 from fedft.errors import FedftError
-from fedft.federated.aggregation import Update, check_update, spec_of, weighted_mean
+from fedft.federated.aggregation import Update, aggregate
 from fedft.federated.checkpoint import Checkpoint
-from fedft.federated.client import partitions_for, travelling_keys
+from fedft.federated.client import partitions_for
+from fedft.federated.payload import check_upload, download, receive
 from fedft.flops import FlopsMeter
-from fedft.methods.base import load_tensors, state_tensors
+from fedft.methods.base import state_tensors
 from fedft.outputs import PARTITIONS, RunDir
 from fedft.split import SplitSpec, split_model
 from fedft.strategies import STRATEGIES
@@ -61,15 +64,39 @@ class ServerRuntime:
         self.parts = None
         if self.info.family == "split":
             self.parts = split_model(self.model, SplitSpec(cfg.split.head_blocks, cfg.split.tail_blocks))
-        keys = travelling_keys(self.method, self.model, self.parts)
-        state = state_tensors(self.model)
-        self.global_update: Update = {k: state[k].detach().numpy().copy() for k in keys}
-        self.spec = spec_of(self.global_update)
+        self.global_update: Update = {}
+        self._cut()
         self.ledger = CommLedger()
         self.service: Any = None
         self._body_flops: float | None = None
         self._pending_optimizer: dict | None = None
         self.resumed: Checkpoint | None = None
+
+    def _cut(self) -> None:
+        """The next download from the server's model (the source of truth), and what a reply
+        may contain: tensors of the download, dense or as sparse pairs."""
+        self.global_update = download(self.method, self.model, self.parts)
+        self.allowed = {k.split("::")[0] for k in self.global_update}
+
+    def start_round(self, round: int) -> None:
+        """The method's round hook on the server's model (LT-SFT selects its mask here), then
+        the round's download."""
+        self.method.on_round_start(self.model, round)
+        self._cut()
+
+    def finalize(self) -> bool:
+        """The method's ``finalize`` (merge, interpolate, prune) on the final global model; True
+        when it ran and may have changed the outputs."""
+        from fedft.methods import BaseMethod
+
+        if type(self.method).finalize is BaseMethod.finalize:
+            return False
+        try:
+            self.method.finalize(self.model)
+        except (RuntimeError, ValueError) as e:  # e.g. Antidote without a calibration set at the server
+            log.warning("finalize of %s skipped on the server: %s", self.cfg.method.name, e)
+            return False
+        return True
 
     # ---- body service --------------------------------------------------------------------------
 
@@ -109,9 +136,11 @@ class ServerRuntime:
 
     def resume_from(self, ckpt: Checkpoint) -> None:
         """Restore the state saved after round ``ckpt.round`` (before the body service starts)."""
-        if check_update(ckpt.global_update, self.spec) is not None:
+        names = set(state_tensors(self.model))
+        if check_upload(ckpt.global_update, self.model, names) is not None:
             raise FedftError("the checkpoint does not match this run's model; resume with the run's own config")
-        self.global_update = dict(ckpt.global_update)
+        receive(self.method, self.model, ckpt.global_update)
+        self._cut()
         self.ledger = CommLedger(ckpt.ledger.events)
         if ckpt.body is not None and self.parts is not None:
             self.parts.body.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt.body.items()})
@@ -152,7 +181,7 @@ class ServerRuntime:
     def accept(self, res: ClientResult) -> bool:
         """Validate one reply against the expected update; a bad one is dropped, not fatal."""
         if res.error is None and res.update is not None:
-            res.error = check_update(res.update, self.spec)
+            res.error = check_upload(res.update, self.model, self.allowed)
         if res.error is None and not res.metrics.get("num-examples", 0) > 0:
             res.error = "reply has no positive num-examples"
         if res.error is not None:
@@ -170,7 +199,8 @@ class ServerRuntime:
         """FedAvg of the accepted updates; with none accepted the global state stays."""
         good = [r for r in results if r.error is None]
         if good:
-            self.global_update = weighted_mean([r.update for r in good], [self.weight(r) for r in good])  # type: ignore[misc]
+            receive(self.method, self.model, aggregate([r.update for r in good], [self.weight(r) for r in good]))  # type: ignore[misc]
+            self._cut()
         if self.service is not None and self.info.body_mode == "per_client":
             weights = {str(r.pid): self.weight(r) for r in good}
             if weights:
@@ -202,10 +232,11 @@ class ServerRuntime:
             self._body_flops = meter.total() / len(batch["labels"])
         return self._body_flops
 
-    def load_global(self) -> None:
-        load_tensors(self.model, self.global_update)
+    def hand_on(self, res: ClientResult) -> None:
+        """SL: the next client starts from this client's part."""
+        receive(self.method, self.model, res.update)  # type: ignore[arg-type]
+        self._cut()
 
     def evaluate(self) -> EvalResult:
         """Global client-side state + the server's body on the test split."""
-        self.load_global()
         return evaluate(self.model, self.test, self.cfg.train.eval_batch_size)

@@ -22,6 +22,7 @@ place in federated runs is the aggregated adapter on the server.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Any
 
@@ -32,6 +33,7 @@ from fedft.method_configs import parse_roles
 from fedft.methods.base import METHODS, BaseMethod, block_linears, freeze_all, unfreeze
 from fedft.methods.lora import inject_lora
 
+log = logging.getLogger(__name__)
 MAX_CALIBRATION = 32
 
 
@@ -121,3 +123,6 @@ class Antidote(BaseMethod):
     def finalize(self, model: nn.Module) -> None:
         if self.calibration:
             self.realign(model, self.calibration)
+        else:  # e.g. a federated server: the calibration batches stay on the clients
+            log.warning("antidote: no calibration batches of class %d were seen here; nothing pruned",
+                        self.cfg.antidote.harmful_label)

@@ -42,7 +42,8 @@ class BaseMethod:
         raise NotImplementedError
 
     def update_keys(self, model: nn.Module) -> list[str]:
-        """Names of the tensors that travel in a federated round (default: trainable, sorted)."""
+        """Names of the tensors a client may train in this run, i.e. what a federated round
+        downloads (default: the trainable ones, sorted)."""
         return sorted(n for n, p in model.named_parameters() if p.requires_grad)
 
     def on_round_start(self, model: nn.Module, server_round: int) -> None:
@@ -55,10 +56,19 @@ class BaseMethod:
         rounding); the default does nothing.
         """
 
-    def encode_update(self, model: nn.Module) -> dict[str, np.ndarray]:
-        """The update to send: dense copies of the travelling tensors."""
+    def download(self, model: nn.Module) -> dict[str, np.ndarray]:
+        """What the server sends a client each round: dense copies of ``update_keys``."""
         state = dict(model.named_parameters())
         return {k: state[k].detach().cpu().numpy().copy() for k in self.update_keys(model)}
+
+    def encode_update(self, model: nn.Module) -> dict[str, np.ndarray]:
+        """What a client sends back: dense copies of the ``update_keys`` tensors it trained.
+
+        Methods whose trainable set is a part of ``update_keys`` (HFT's half, GreenTrainer's
+        selection) thus send only that part; sparse methods override this."""
+        state = dict(model.named_parameters())
+        return {k: state[k].detach().cpu().numpy().copy() for k in self.update_keys(model)
+                if state[k].requires_grad}
 
     def decode_update(self, model: nn.Module, update: dict[str, np.ndarray]) -> None:
         """Load a received update into ``model`` (in place)."""

@@ -91,6 +91,13 @@ class HFT(BaseMethod):
         """Start the next stage (next task or training phase) with a fresh draw."""
         self.select(model, self.stage + 1)
 
+    def update_keys(self, model: nn.Module) -> list[str]:
+        """With re-selection the trained half changes between stages, so a federated round
+        downloads every candidate (and uploads only the half trained this stage)."""
+        if self.cfg.hft.reselect_every_epochs:
+            return sorted(n for n, _ in model.named_parameters())
+        return super().update_keys(model)
+
     def on_round_start(self, model: nn.Module, server_round: int) -> None:
         k = self.cfg.hft.reselect_every_epochs
         if k and server_round > 1 and (server_round - 1) % k == 0:

@@ -19,7 +19,10 @@ LoRA ranks); ``finalize`` then removes pruned FFN channels and LoRA ranks physic
 (:func:`compact`, outputs unchanged). Pruned heads stay masked (per-layer head counts would differ).
 
 What trains and travels: LoRA A/B of surviving modules, the masks during estimation, the
-classifier. Split strategies: partial; pruning client blocks is local and keeps the cut width,
+classifier, and the module and rank scores (buffers ``lpeft_module_score`` / ``lpeft_rank_score``):
+federated, each client sends its round's scores, the server FedAvgs them, and at round
+``estimation_epochs + 1`` the server and every client prune from the same received scores and
+masks, so all of them remove the same heads, channels, modules and ranks. Split strategies: partial; pruning client blocks is local and keeps the cut width,
 but the estimation phase needs end-to-end gradients (through the cut) and pruning the server's
 body needs the server.
 """
@@ -108,6 +111,9 @@ class LightPEFT(BaseMethod):
         self.lora = {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
         for name, m in self.lora.items():
             self._hook_importance(name, m)
+            # the scores as travelling buffers, so a federated server prunes from their FedAvg
+            m.register_buffer("lpeft_module_score", torch.zeros(1))
+            m.register_buffer("lpeft_rank_score", torch.zeros(m.r["default"]))
         model.register_forward_pre_hook(lambda m, args: self._apply_rank_masks())
 
     def _hook_importance(self, name: str, m: LoraLayer) -> None:
@@ -136,8 +142,16 @@ class LightPEFT(BaseMethod):
         if not self.pruned and server_round == self.cfg.light_peft.estimation_epochs + 1:
             self.prune(model)
 
+    def _local_scores(self) -> bool:
+        return any(len(v) for v in self.module_imp.values())
+
     def scores(self) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-        """(module importance, rank importance) averaged over the second half of the steps."""
+        """(module importance, rank importance) averaged over the second half of the steps; with
+        no steps recorded here (a federated server, or a client that just received the global
+        state) the received, FedAvg-ed score buffers."""
+        if not self._local_scores():
+            return ({n: float(m.lpeft_module_score) for n, m in self.lora.items()},
+                    {n: m.lpeft_rank_score.clone() for n, m in self.lora.items()})
         mods = {n: float(_second_half_mean(v)) for n, v in self.module_imp.items()}
         ranks = {}
         for n, parts in self._rank_parts.items():
@@ -191,6 +205,36 @@ class LightPEFT(BaseMethod):
             if hasattr(m, "lpeft_rank_mask"):
                 m.lora_A["default"].weight.mul_(m.lpeft_rank_mask[:, None])
                 m.lora_B["default"].weight.mul_(m.lpeft_rank_mask[None, :])
+
+    def _score_buffers(self) -> dict[str, np.ndarray]:
+        out = {}
+        for n, m in self.lora.items():
+            out[f"{n}.lpeft_module_score"] = m.lpeft_module_score.detach().cpu().numpy().copy()
+            out[f"{n}.lpeft_rank_score"] = m.lpeft_rank_score.detach().cpu().numpy().copy()
+        return out
+
+    def download(self, model: nn.Module) -> dict[str, np.ndarray]:
+        return {**super().download(model), **self._score_buffers()}
+
+    @torch.no_grad()
+    def encode_update(self, model: nn.Module) -> dict[str, np.ndarray]:
+        """The trained tensors and, before pruning, this round's importance scores."""
+        if not self.pruned and self._local_scores():
+            mods, ranks = self.scores()
+            for n, m in self.lora.items():
+                m.lpeft_module_score.fill_(mods.get(n, 0.0))
+                if n in ranks and ranks[n].numel() == m.lpeft_rank_score.numel():
+                    m.lpeft_rank_score.copy_(ranks[n])
+        return {**super().encode_update(model), **self._score_buffers()}
+
+    def decode_update(self, model: nn.Module, update: dict[str, np.ndarray]) -> None:
+        """Load the global state; the received scores replace this process's own records."""
+        super().decode_update(model, update)
+        for v in self.module_imp.values():
+            v.clear()
+        for parts in getattr(self, "_rank_parts", {}).values():
+            parts["A"].clear()
+            parts["B"].clear()
 
     def finalize(self, model: nn.Module) -> None:
         if not self.pruned:

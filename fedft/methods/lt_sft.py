@@ -17,10 +17,12 @@ starts a new trainer).
 :func:`apply_diff` adds a diff in place, so ``theta_0 + phi_a + phi_b`` composes by addition.
 
 What travels: in phase 1 the dense tensors (default); in phase 2 ``<name>::idx`` (int64 flat
-indices) and ``<name>::val`` (fp32 diff values) per maskable tensor, plus the dense head, so a
-ledger that measures the encoded arrays counts exactly these bytes. Split strategies: yes,
-phi is defined over whatever a client holds; FedAvg of diffs takes the union of masks, so
-share the mask after phase 1 or re-sparsify after aggregation.
+indices) and ``<name>::val`` (fp32 diff values) per maskable tensor, plus the dense head, both
+ways, so a ledger that measures the encoded arrays counts exactly these bytes. Federated: the
+server runs the same ``on_round_start``, so after phase 1 it selects the mask from the global
+(FedAvg-ed) phase-1 model and rewinds; its sparse download carries the mask to every client,
+which is why all clients share one mask and a masked FedAvg of their diffs stays K-sparse.
+Split strategies: phi is defined over whatever a client holds (its head and tail tensors).
 """
 
 from __future__ import annotations
@@ -82,15 +84,25 @@ class LTSFT(BaseMethod):
         top = torch.topk(moved, self.budget()).indices
         flat = torch.zeros(moved.numel(), dtype=torch.bool)
         flat[top] = True
-        self.mask, start = {}, 0
+        mask, start = {}, 0
         for n in names:
             p = self.params[n]
-            self.mask[n] = flat[start:start + p.numel()].view_as(p).to(p.device)
+            mask[n] = flat[start:start + p.numel()].view_as(p).to(p.device)
             start += p.numel()
             p.copy_(self.theta0[n])
-            p.register_hook(lambda g, mk=self.mask[n]: g * mk)
         for n, p in model.output_layer.named_parameters():
             p.copy_(self.head0[n])
+        self._install(model, mask)
+
+    def _install(self, model: nn.Module, mask: dict[str, torch.Tensor]) -> None:
+        """Use ``mask`` from now on: gradients masked, off-mask entries projected back."""
+        if self.mask is not None:  # the hooks hold these tensors: update them in place
+            for n, mk in mask.items():
+                self.mask[n].copy_(mk)
+            return
+        self.mask = mask
+        for n, mk in mask.items():
+            self.params[n].register_hook(lambda g, mk=mk: g * mk)
         model.register_forward_pre_hook(lambda m, args: self.project())
 
     @torch.no_grad()
@@ -126,13 +138,27 @@ class LTSFT(BaseMethod):
                 out[n] = p.detach().cpu().numpy().copy()
         return out
 
+    def download(self, model: nn.Module) -> dict[str, np.ndarray]:
+        """Phase 1: the dense tensors; phase 2: the mask's indices and diff values, and the head."""
+        return self.encode_update(model)
+
     @torch.no_grad()
     def decode_update(self, model: nn.Module, update: dict[str, np.ndarray]) -> None:
+        """Load dense tensors and theta_0 + phi for sparse pairs; a sparse update also carries the
+        mask (its indices), so a receiver that has not seen phase 1 starts phase 2 with it."""
         dense = {k: v for k, v in update.items() if "::" not in k}
         super().decode_update(model, dense)
+        sparse = {k[:-5]: np.asarray(v) for k, v in update.items() if k.endswith("::idx")}
+        if not sparse:
+            return
+        mask = {}
+        for n, p in self.params.items():
+            mk = torch.zeros(p.numel(), dtype=torch.bool)
+            if n in sparse:
+                mk[torch.from_numpy(sparse[n])] = True
+            mask[n] = mk.view_as(p).to(p.device)
+        self._install(model, mask)
         state = dict(model.named_parameters())
-        for key, idx in update.items():
-            if key.endswith("::idx"):
-                n = key[:-5]
-                state[n].copy_(self.theta0[n])
-                apply_diff(model, {n: (np.asarray(idx), np.asarray(update[f"{n}::val"]))})
+        for n, idx in sparse.items():
+            state[n].copy_(self.theta0[n])
+            apply_diff(model, {n: (idx, np.asarray(update[f"{n}::val"]))})
