@@ -85,7 +85,8 @@ _register(StrategyInfo("fl_prompt", "fl", "FedPrompt style: FedAvg of prompts + 
 DEFAULT_OVERRIDES: list[str] = [
     "model.readout_norm=batchnorm", "method.sfprompt.local_lr_scale=0.1", "method.sfprompt.reset_optimizer=true",
     "train.batch_size=8", "train.eval_batch_size=32", "train.optimizer=sgd", "train.lr=0.003",
-    "train.head_lr=0.05", "train.prompt_lr=0.0003", "train.schedule=cosine", "train.head_preconditioner=kfac",
+    "train.head_lr=0.05", "train.prompt_lr=0.001", "train.prompt_optimizer=adam", "train.schedule=cosine",
+    "train.head_preconditioner=kfac",
     "train.kfac_damping=0.003",
 ]
 
