@@ -137,7 +137,10 @@ def run_central(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
         result = evaluate(net, test, cfg.train.eval_batch_size)
         run.append_metrics({"epoch": cfg.train.epochs, "loss": result.loss, "accuracy": result.accuracy,
                             "seconds": time.time() - t0})
-    return _finish(cfg, run, model, result.accuracy, result.loss, len(train), len(test), trainable, t0)
+    summary = _finish(cfg, run, model, result.accuracy, result.loss, len(train), len(test), trainable, t0)
+    if method.describe():
+        summary["method_report"] = method.describe()
+    return summary
 
 
 def _lbfgs_probe(net: nn.Module, train: EncodedSplit, test: EncodedSplit, cfg: ExperimentConfig,

@@ -69,6 +69,10 @@ _register(StrategyInfo("sl", "split", "vanilla split learning: clients one after
                        "client part handed on", method="full_ft", body_mode="shared", sequential=True,
                        overrides=("method.sfprompt.keep_ratio=1.0", "method.sfprompt.local_epochs=0",
                                   "method.sfprompt.pruning=none")))
+_register(StrategyInfo("split_fedavg", "split", "SplitFed with a frozen body and the configured method on the "
+                       "client-held parts (head + tail); FedAvg of what the method trains there",
+                       overrides=("method.sfprompt.keep_ratio=1.0", "method.sfprompt.local_epochs=0",
+                                  "method.sfprompt.pruning=none")))
 _register(StrategyInfo("fedavg", "fl", "FedAvg of the configured method's travelling tensors; whole model on "
                        "every client"))
 _register(StrategyInfo("fl_full", "fl", "FedAvg of the whole model (full fine-tuning on every client)",

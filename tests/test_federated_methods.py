@@ -69,3 +69,13 @@ def test_partial_methods_upload_only_what_they_trained(tmp_path, method):
     _, _, per_round, _ = _run(tmp_path, method)
     for r in range(1, ROUNDS + 1):
         assert per_round[(r, "params_up")] < 0.75 * per_round[(r, "params_down")], (method, r)
+
+
+def test_a_method_inside_split_training_trains_only_client_held_tensors(tmp_path):
+    # LoRA on the client's tail block (t = 1): what travels is that block's adapters and the classifier
+    summary, rows, _, d = _run(tmp_path, "lora", "federation.strategy=split_fedavg", "split.tail_blocks=1")
+    assert [int(r["failed"]) for r in rows[:ROUNDS]] == [0] * ROUNDS
+    names = sorted(load(d).global_update)
+    assert names and all(n.startswith(("backbone.layers.3.", "classifier.", "backbone.layernorm")) for n in names), names
+    assert any("lora_" in n for n in names)
+    assert summary["bytes_by_kind"]["activations_up"] > 0

@@ -57,6 +57,10 @@ class Antidote(BaseMethod):
         self.scores: dict[str, torch.Tensor] = {}
         model.register_forward_pre_hook(self._keep_harmful)
 
+    def describe(self) -> dict:
+        return {"calibration_samples": int(sum(len(b["labels"]) for b in self.calibration)),
+                "pruned_weights": getattr(self, "pruned_weights", 0)}
+
     def on_round_start(self, model: nn.Module, server_round: int) -> None:
         self.calibration = []  # keep the last epoch's samples only
 
@@ -117,6 +121,7 @@ class Antidote(BaseMethod):
                     mask.scatter_(1, torch.topk(score, k, dim=1).indices, True)
                 lin.weight.masked_fill_(mask, 0.0)
                 self.scores[name], masks[name] = score, mask
+        self.pruned_weights = int(sum(int(m.sum()) for m in masks.values()))
         model.train(was)
         return masks
 

@@ -61,6 +61,11 @@ class BaseMethod:
         state = dict(model.named_parameters())
         return {k: state[k].detach().cpu().numpy().copy() for k in self.update_keys(model)}
 
+    def describe(self) -> dict:
+        """What the method decided during the run (selections, budgets, pruned counts), for
+        ``summary.json``'s ``method_report``; plain JSON values (default: nothing)."""
+        return {}
+
     def encode_update(self, model: nn.Module) -> dict[str, np.ndarray]:
         """What a client sends back: dense copies of the ``update_keys`` tensors it trained.
 

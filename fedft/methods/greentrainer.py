@@ -167,6 +167,14 @@ class GreenTrainer(BaseMethod):
         self.pending, self.selected, self.report = True, [], {}
         model.register_forward_pre_hook(self._maybe_select)
 
+    def describe(self) -> dict:
+        r = self.report
+        out = {"selected": len(self.selected), "units": len(self.units)}
+        if r:
+            out.update({k: float(v) for k, v in r.items()})
+            out["bwd_flops_ratio"] = float(r["bwd_flops"]) / max(float(r["full_bwd_flops"]), 1.0)
+        return out
+
     def on_round_start(self, model: nn.Module, server_round: int) -> None:
         if server_round > 1 and (server_round - 1) % self.cfg.greentrainer.interval == 0:
             self.pending = True

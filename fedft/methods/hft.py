@@ -91,6 +91,9 @@ class HFT(BaseMethod):
         """Start the next stage (next task or training phase) with a fresh draw."""
         self.select(model, self.stage + 1)
 
+    def describe(self) -> dict:
+        return {"stage": self.stage, "selected_modules": len(self.selected)}
+
     def update_keys(self, model: nn.Module) -> list[str]:
         """With re-selection the trained half changes between stages, so a federated round
         downloads every candidate (and uploads only the half trained this stage)."""

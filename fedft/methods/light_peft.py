@@ -206,6 +206,9 @@ class LightPEFT(BaseMethod):
                 m.lora_A["default"].weight.mul_(m.lpeft_rank_mask[:, None])
                 m.lora_B["default"].weight.mul_(m.lpeft_rank_mask[None, :])
 
+    def describe(self) -> dict:
+        return dict(getattr(self, "summary", {}), pruned=self.pruned)
+
     def _score_buffers(self) -> dict[str, np.ndarray]:
         out = {}
         for n, m in self.lora.items():

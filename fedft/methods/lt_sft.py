@@ -67,6 +67,10 @@ class LTSFT(BaseMethod):
         self.head0 = {n: p.detach().clone() for n, p in model.output_layer.named_parameters()}
         self.mask: dict[str, torch.Tensor] | None = None
 
+    def describe(self) -> dict:
+        return {"k": self.budget(), "maskable": int(sum(p.numel() for p in self.params.values())),
+                "phase": 1 if self.mask is None else 2}
+
     def budget(self) -> int:
         o = self.cfg.lt_sft
         total = sum(p.numel() for p in self.params.values())

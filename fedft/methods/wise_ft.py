@@ -119,6 +119,14 @@ class WiseFT(BaseMethod):
             self.batches = (self.batches + [{k: v.detach() for k, v in args[0].items()}])[
                 -self.cfg.wise_ft.report_batches:]
 
+    def describe(self) -> dict:
+        import json
+
+        def plain(o: Any) -> Any:  # tensors and arrays to numbers and lists
+            return o.tolist() if hasattr(o, "tolist") else str(o)
+
+        return json.loads(json.dumps(self.report, default=plain))
+
     def straggler_report(self, model: nn.Module, ft: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Whole-path and per-layer barriers (and sharpness) of the current model's path."""
         o, was = self.cfg.wise_ft, model.training
