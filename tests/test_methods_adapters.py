@@ -127,3 +127,28 @@ def test_s2ft_changes_only_selected_rows_and_columns(arch: str) -> None:
     for n, p in model.named_parameters():
         if not n.startswith(out_name):
             torch.testing.assert_close(p, w0[n], rtol=0, atol=1e-6)
+
+
+def test_prompt_tuning_equals_peft_prompt_tuning_on_a_causal_lm() -> None:
+    # fedft's prompts live in the model (so a split puts them in the head); on a model without a
+    # CLS token they are prepended, which is peft's PromptTuning: same prompts, same logits
+    import copy
+
+    from peft import PromptTuningConfig, TaskType
+
+    from fedft.modeling import backbone_from_config, build_task_model, tiny_batch, tiny_config
+
+    P = 3
+    torch.manual_seed(0)
+    hf = backbone_from_config(tiny_config("llama"), "causal_lm")  # LlamaForCausalLM
+    reference = copy.deepcopy(hf)  # the same weights, for peft
+    model = build_task_model(hf, "causal_lm", prompt_len=P).eval()
+    wrapped = get_peft_model(reference, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P))
+    with torch.no_grad():
+        wrapped.prompt_encoder["default"].embedding.weight.copy_(model.prompt.prompt_embeddings)
+    batch = tiny_batch("llama", batch_size=2)
+    wrapped.eval()
+    with torch.no_grad():
+        ours = model(batch)  # (B, T, V): prompt rows dropped by the token readout
+        theirs = wrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, P:]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)

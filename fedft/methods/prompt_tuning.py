@@ -4,6 +4,13 @@ Jia et al., "Visual Prompt Tuning", ECCV 2022, https://arxiv.org/abs/2203.12119;
 et al., "The Power of Scale for Parameter-Efficient Prompt Tuning", 2021. This is the trainable
 set of FL-Prompt and SFPrompt (spec sections 2.3 and 9): ``prompt_*`` tensors, the final norm
 (pre-trained initialisation) and the classifier; everything else is frozen.
+
+The prompts are fedft's :class:`~fedft.split.prompts.SoftPrompt`, part of the task model, not a
+peft ``PeftModel`` wrapper: a split must put them in the client's head, and VPT places them
+after the CLS token, which peft's prompt tuning (prepended virtual tokens, text models only)
+does not do. Where the two placements coincide (a model without CLS, e.g. Llama) the outputs
+equal peft's ``PromptTuningConfig`` model with the same prompt values
+(``tests/test_methods_adapters.py``).
 """
 
 from __future__ import annotations
