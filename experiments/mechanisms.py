@@ -42,11 +42,15 @@ from fedft.train import evaluate, make_optimizer, seed_everything, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "experiments" / "configs" / "methods"
+# --smoke: the same code paths on a tiny random ViT and synthetic images (seconds; for tests)
+SMOKE = ["model.name=tiny-vit", "data.name=synthetic-images", "data.image_size=16", "data.train_size=48",
+         "data.test_size=24", "train.epochs=1", "train.threads=1"]
+_EXTRA: list[str] = []
 
 
 def train(config: str, *overrides: str) -> tuple[ExperimentConfig, nn.Module, Any, Any, Any, Any]:
     """Train a shipped config centrally (no finalize); returns (cfg, model, method, pre, raw, test)."""
-    cfg = ExperimentConfig.from_toml(CONFIGS / config, list(overrides))
+    cfg = ExperimentConfig.from_toml(CONFIGS / config, [*overrides, *_EXTRA])
     torch.set_num_threads(cfg.train.threads or 2)
     rng = seed_everything(cfg.seed)
     raw = load_raw(cfg.data, cfg.seed)
@@ -62,7 +66,8 @@ def train(config: str, *overrides: str) -> tuple[ExperimentConfig, nn.Module, An
 
 
 def digits_split(cfg: ExperimentConfig, pre: Any, split: str = "test") -> EncodedSplit:
-    raw = load_raw(replace(cfg.data, name="digits", train_size=0, test_size=0), cfg.seed)
+    n = 64 if _EXTRA else 0  # smoke runs use a slice
+    raw = load_raw(replace(cfg.data, name="digits", train_size=n, test_size=n), cfg.seed)
     return encode(raw, split, pre, cfg.data.max_length)
 
 
@@ -145,7 +150,7 @@ def probe(model: nn.Module, cfg: ExperimentConfig, pre: Any) -> float:
 
 def check_hft() -> dict[str, Any]:
     out: dict[str, Any] = {}
-    cfg0 = ExperimentConfig.from_toml(CONFIGS / "mnist_full_ft.toml")
+    cfg0 = ExperimentConfig.from_toml(CONFIGS / "mnist_full_ft.toml", _EXTRA)
     raw = load_raw(cfg0.data, cfg0.seed)
     base, _, pre = build_model(cfg0, raw.num_labels)
     out["pretrained_probe"] = probe(base, cfg0, pre)
@@ -160,7 +165,7 @@ def check_hft() -> dict[str, Any]:
 
 def check_light_peft() -> dict[str, Any]:
     cfg, model, method, _, _, test = train("mnist_light_peft.toml")
-    batch = test.batch(np.arange(32))
+    batch = test.batch(np.arange(min(32, len(test))))
 
     def measure() -> dict[str, float]:
         with torch.no_grad():
@@ -188,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("check", choices=[*CHECKS, "all"])
     ap.add_argument("--json", type=Path, help="write the result here (one check)")
     ap.add_argument("--json-dir", type=Path, help="write mech_<check>.json files here")
+    ap.add_argument("--smoke", action="store_true", help="tiny random model and synthetic data (seconds)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        _EXTRA[:] = SMOKE
     for name in CHECKS if args.check == "all" else [args.check]:
         t0 = time.time()
         res = CHECKS[name]()
