@@ -55,6 +55,8 @@ def run_one(task: str, method: str, mode: str, out: Path, clients: int, rounds: 
         return row
     s = json.loads((out / "summary.json").read_text())
     row["accuracy"] = s.get("final_accuracy")
+    if s.get("method_report"):
+        row["method_report"] = s["method_report"]
     if mode == "central":
         row["trainable_params"] = s.get("trainable_params")
     else:
