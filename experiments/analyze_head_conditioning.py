@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     xs, xts = (x - mu) / sd, (xt - mu) / sd
     ev = torch.linalg.eigvalsh(torch.cov(xs.T).double()).flip(0)
     plain = {lr: sgd_epoch(xs, y, xts, yt, lr, False, args.epochs) for lr in (0.003, 0.01, 0.03, 0.1)}
+    kfac = {lr: sgd_epoch(xs, y, xts, yt, lr, True, args.epochs) for lr in (0.005, 0.01, 0.02, 0.05)}
     out = {
         "n_train": len(x), "n_test": len(xt), "dim": x.shape[1],
         "offset_share": float(mu.norm() ** 2 / x.pow(2).sum(1).mean()),
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         "eig_median_over_mean": float(ev.median() / ev.mean()),
         "sgd_plain_by_lr": plain,
         "sgd_plain_best": max(plain.values()),
-        "sgd_kfac_lr0.05": sgd_epoch(xs, y, xts, yt, 0.05, True, args.epochs),
+        "sgd_kfac_by_lr": kfac,
+        "sgd_kfac_best": max(kfac.values()),
         "lbfgs_probe": lbfgs_probe(xs, y, xts, yt, 1e-3),
         "epochs": args.epochs,
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
