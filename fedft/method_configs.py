@@ -123,9 +123,12 @@ class LightPEFTOptions:
     rank: int = 8
     alpha: float = 16.0
     targets: str = "q,k,v,o"
+    selection: str = "mask"  # "mask" (the paper) or "random" (the control, same counts, seeded)
+    seed: int = 0
 
     def __post_init__(self) -> None:
         _check(self.estimation_epochs >= 0, "method.light_peft.estimation_epochs", "an integer >= 0")
+        _check(self.selection in ("mask", "random"), "method.light_peft.selection", '"mask" or "random"')
         for k in ("rho_attn", "rho_ffn", "rho_module", "rho_rank"):
             _check(0 <= getattr(self, k) < 1, f"method.light_peft.{k}", "a float in [0, 1)")
         _check(self.rank >= 1, "method.light_peft.rank", "an integer >= 1")

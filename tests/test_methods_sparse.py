@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fedft.config import MethodConfig
+from fedft.errors import ConfigError
 from fedft.method_configs import (
     AntidoteOptions,
     GreenTrainerOptions,
@@ -251,3 +252,29 @@ def test_light_peft_prunes_then_compacts_without_changing_outputs() -> None:
     with torch.no_grad():
         torch.testing.assert_close(model(batch), before, rtol=0, atol=1e-5)
     assert sum(p.numel() for p in model.parameters()) < n_before
+
+
+def _pruned_sets(selection: str, seed: int = 0) -> tuple[dict, list[torch.Tensor]]:
+    opts = LightPEFTOptions(l1=1e-2, rho_attn=0.5, rho_ffn=0.25, rho_module=0.5, rho_rank=0.5,
+                            selection=selection, seed=seed)
+    torch.manual_seed(0)
+    model = tiny_task_model("bert", num_hidden_layers=2)
+    method = METHODS.get("light_peft")(MethodConfig(name="light_peft", light_peft=opts))
+    method.apply(model)
+    _train(model, tiny_batch("bert"), steps=4)
+    summary = method.prune(model)
+    masks = [p.detach().clone() for n, p in model.named_parameters() if "lpeft_" in n and "mask" in n]
+    return summary, masks
+
+
+def test_light_peft_random_selection_prunes_the_same_counts_elsewhere() -> None:
+    # Execute
+    by_mask, masks = _pruned_sets("mask")
+    by_random, rmasks = _pruned_sets("random")
+    again, rmasks2 = _pruned_sets("random")
+    # Assert
+    assert by_random == by_mask  # the same numbers of heads, channels, modules and ranks
+    assert any(not torch.equal(a, b) for a, b in zip(masks, rmasks, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(rmasks, rmasks2, strict=True))  # seeded
+    with pytest.raises(ConfigError, match="method.light_peft.selection"):
+        LightPEFTOptions(selection="magnitude")

@@ -161,10 +161,14 @@ class LightPEFT(BaseMethod):
 
     @torch.no_grad()
     def prune(self, model: nn.Module) -> dict[str, Any]:
-        """Prune heads, FFN channels, LoRA modules and ranks (masked); returns the counts."""
+        """Prune heads, FFN channels, LoRA modules and ranks (masked); returns the counts. With
+        ``selection = "random"`` every score is replaced by a seeded uniform draw first: the
+        control of the paper's ablation (the same counts, no estimate)."""
         o = self.cfg.light_peft
         modules = dict(model.named_modules())
         layers = block_linears(model)
+        if o.selection == "random":
+            self._randomise_scores(model, layers)
         n_heads = 0
         for roles in layers:
             mask = modules[roles["o"]].lpeft_head_mask
@@ -198,6 +202,22 @@ class LightPEFT(BaseMethod):
         self.summary = {"heads": n_heads, "ffn_channels": n_ffn, "lora_modules": len(dropped),
                         "lora_ranks": int(sum((self.lora[n].lpeft_rank_mask == 0).sum() for n in survivors))}
         return self.summary
+
+    @torch.no_grad()
+    def _randomise_scores(self, model: nn.Module, layers: list[dict[str, str]]) -> None:
+        g = torch.Generator().manual_seed(self.cfg.light_peft.seed)
+        modules = dict(model.named_modules())
+        for roles in layers:
+            for m in (modules[roles["o"]].lpeft_head_mask, modules[roles["down"]].lpeft_ffn_mask):
+                m.copy_(torch.rand(m.shape, generator=g))
+        for v in self.module_imp.values():
+            v.clear()
+        for parts in getattr(self, "_rank_parts", {}).values():
+            parts["A"].clear()
+            parts["B"].clear()
+        for m in self.lora.values():  # scores() falls back to these buffers
+            m.lpeft_module_score.copy_(torch.rand(1, generator=g))
+            m.lpeft_rank_score.copy_(torch.rand(m.lpeft_rank_score.shape, generator=g))
 
     @torch.no_grad()
     def _apply_rank_masks(self) -> None:
