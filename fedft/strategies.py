@@ -25,6 +25,7 @@ class StrategyInfo:
     method: str | None = None  # forced fine-tuning method; None = the config's method.name
     body_mode: str = "frozen"  # split only: "frozen", "shared" (SFL-V2, SL) or "per_client" (SFL-V1)
     sequential: bool = False  # SL: clients one after another, the client part handed on
+    train_tail: bool = False  # split: the tail's t blocks train with the method's tensors (spec 2.1)
     overrides: tuple[str, ...] = ()
 
     def configure(self, cfg: ExperimentConfig) -> ExperimentConfig:
@@ -46,15 +47,15 @@ def _register(info: StrategyInfo) -> None:
 
 _register(StrategyInfo("central", "central", "train on all data in one place (no federation)"))
 _register(StrategyInfo("sfprompt", "split", "SFPrompt: EL2N pruning, local-loss update, split prompt tuning, "
-                       "FedAvg of prompts + tail", method="prompt_tuning"))
+                       "FedAvg of prompts + tail", method="prompt_tuning", train_tail=True))
 _register(StrategyInfo("sfprompt_no_prune", "split", "SFPrompt without dataset pruning (keep_ratio 1)",
-                       method="prompt_tuning", overrides=("method.sfprompt.keep_ratio=1.0",)))
+                       method="prompt_tuning", train_tail=True, overrides=("method.sfprompt.keep_ratio=1.0",)))
 _register(StrategyInfo("sfprompt_no_local", "split", "SFPrompt without the local-loss update (local_epochs 0)",
-                       method="prompt_tuning", overrides=("method.sfprompt.local_epochs=0",)))
+                       method="prompt_tuning", train_tail=True, overrides=("method.sfprompt.local_epochs=0",)))
 _register(StrategyInfo("sfprompt_random", "split", "SFPrompt with random pruning at the same keep ratio "
-                       "(the control for EL2N)", method="prompt_tuning", overrides=("method.sfprompt.pruning=random",)))
+                       "(the control for EL2N)", method="prompt_tuning", train_tail=True, overrides=("method.sfprompt.pruning=random",)))
 _register(StrategyInfo("sfl", "split", "SplitFed prompt tuning with a frozen body (SFPrompt with keep_ratio 1 "
-                       "and no local-loss update)", method="prompt_tuning",
+                       "and no local-loss update)", method="prompt_tuning", train_tail=True,
                        overrides=("method.sfprompt.keep_ratio=1.0", "method.sfprompt.local_epochs=0",
                                   "method.sfprompt.pruning=none")))
 _register(StrategyInfo("sfl_v1", "split", "SplitFed V1: trainable body, one body copy per client, averaged each "

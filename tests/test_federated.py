@@ -84,6 +84,28 @@ def test_kfac_second_moment_travels_with_prompts_and_tail(tmp_path):
     assert ledger.by_kind()["params_up"] == ROUNDS * N_CLIENTS * per_client
 
 
+def test_sfprompt_tail_blocks_train_and_travel(tmp_path):
+    # Prepare: the tail's last block is part of SFPrompt's trainable tail (spec 2.1)
+    from fedft.central import build_model
+    from fedft.federated.checkpoint import load
+    from fedft.split import SplitSpec, split_model
+
+    cfg = STRATEGIES.get("sfprompt").configure(ExperimentConfig.from_overrides(TINY))
+    model, _, _ = build_model(cfg, 10)
+    block = {n: p.detach().clone() for n, p in model.named_parameters()
+             if any(p is q for q in split_model(model, SplitSpec(0, 1)).tail.blocks.parameters())}
+    # Execute
+    _, ledger, _ = _run(tmp_path, "sfprompt", "split.tail_blocks=1")
+    # Assert
+    tail_prompt = {"backbone.layernorm.bias": D, "backbone.layernorm.weight": D,
+                   "classifier.bias": 10, "classifier.weight": 10 * D, "prompt.prompt_embeddings": P * D,
+                   **{n: p.numel() for n, p in block.items()}}
+    assert ledger.by_kind()["params_up"] == ROUNDS * N_CLIENTS * _params_bytes(tail_prompt)
+    final = load(tmp_path / "sfprompt").global_update
+    assert set(block) <= set(final)
+    assert any(not np.array_equal(final[n], p.numpy()) for n, p in block.items())
+
+
 def test_fl_full_ledger_is_twice_the_model(tmp_path):
     _, ledger, _ = _run(tmp_path, "fl_full")
     from fedft.central import build_model

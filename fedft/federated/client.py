@@ -64,6 +64,8 @@ def runtime(cfg: ExperimentConfig) -> ClientRuntime:
     parts = None
     if STRATEGIES.get(cfg.federation.strategy).family == "split":
         parts = split_model(model, SplitSpec(cfg.split.head_blocks, cfg.split.tail_blocks))
+        if STRATEGIES.get(cfg.federation.strategy).train_tail:
+            parts.unfreeze_tail_blocks()
     return ClientRuntime(cfg, model, method, parts, train, partitions_for(cfg, np.asarray(raw.train_y)))
 
 

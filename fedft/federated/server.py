@@ -64,6 +64,8 @@ class ServerRuntime:
         self.parts = None
         if self.info.family == "split":
             self.parts = split_model(self.model, SplitSpec(cfg.split.head_blocks, cfg.split.tail_blocks))
+            if self.info.train_tail:
+                self.parts.unfreeze_tail_blocks()
         self.global_update: Update = {}
         self._cut()
         self.ledger = CommLedger()

@@ -100,6 +100,12 @@ class SplitParts:
         ids = {id(p) for p in self.client_parameters()}
         return {n: p for n, p in self.model.named_parameters() if id(p) in ids}
 
+    def unfreeze_tail_blocks(self) -> None:
+        """Make the tail's transformer blocks trainable (SFPrompt's tail with t >= 1 trains
+        whole; spec section 2.1). A no-op for t = 0."""
+        for p in self.tail.blocks.parameters():
+            p.requires_grad_(True)
+
     def freeze_body(self) -> None:
         """Freeze the body and put it in eval mode (SFPrompt's server part)."""
         self.body.requires_grad_(False)
