@@ -178,7 +178,7 @@ def check_wise_ft() -> dict[str, Any]:
 PRIOR = {"name": "fashion-mnist", "n": 1000}  # the prior task of the forgetting check
 # fine-tune further than the shipped configs (300 images, lr 2e-5 move the backbone too little
 # to forget anything measurable): the same for full FT and HFT
-FORGET = ("data.train_size=1000", "train.epochs=3", "train.lr=0.0001")
+FORGET = ("data.train_size=1000", "train.epochs=3", "train.lr=0.00005")
 
 
 def probe(model: nn.Module, cfg: ExperimentConfig, pre: Any) -> float:

@@ -13,7 +13,8 @@ importance ``mean_tokens ||dW x|| / ||W x||`` and the rank importance ``|mean_j 
 |mean_j (B * dB)[j, i]|``; scores are averaged over the second half of the steps.
 Pruning (:meth:`LightPEFT.prune`, at the next ``on_round_start``, or in ``finalize``): per layer
 the ``rho_attn`` lowest heads, globally the ``rho_ffn`` lowest FFN channels, the ``rho_module``
-lowest LoRA modules and then the ``rho_rank`` lowest ranks of the survivors. Pruning is masked
+lowest LoRA modules and then the ``rho_rank`` lowest ranks of the survivors (``selection =
+"random"``: the same counts from seeded random scores, the paper's control). Pruning is masked
 while training continues (the optimizer keeps its tensors; a forward pre-hook re-zeroes pruned
 LoRA ranks); ``finalize`` then removes pruned FFN channels and LoRA ranks physically
 (:func:`compact`, outputs unchanged). Pruned heads stay masked (per-layer head counts would differ).
