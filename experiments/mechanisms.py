@@ -237,8 +237,9 @@ def check_light_peft() -> dict[str, Any]:
                 res["head_mask_std"] = float(torch.cat(heads).std())
             res[f"accuracy_{when}_pruning"] = evaluate(model, test, 32).accuracy
 
+        smoke = ["method.light_peft.estimation_epochs=0"] if _EXTRA else []  # smoke: 1 epoch, prune first
         cfg, model, method, _, _, test = train("mnist_light_peft.toml", f"method.light_peft.selection={selection}",
-                                               watch=watch)
+                                               *smoke, watch=watch)
         res["accuracy_after_training"] = evaluate(model, test, 32).accuracy
         batch = test.batch(np.arange(min(32, len(test))))
         res["params_before_compaction"], res["forward_s_before"] = _size_and_speed(model, batch)

@@ -21,4 +21,7 @@ def test_mechanism_checks_run_and_write_json(tmp_path):
     wise = json.loads((tmp_path / "mech_wise_ft.json").read_text())
     assert [r["alpha"] for r in wise["rows"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
     lp = json.loads((tmp_path / "mech_light_peft.json").read_text())
-    assert lp["after"]["params"] < lp["before"]["params"]  # compaction removed parameters
+    for sel in ("mask", "random"):
+        assert lp[sel]["params_after_compaction"] < lp[sel]["params_before_compaction"]  # compaction removed some
+        assert {"accuracy_before_pruning", "accuracy_after_pruning", "ffn_mask_std"} <= set(lp[sel])
+    assert lp["mask"]["pruned"]["heads"] == lp["random"]["pruned"]["heads"]
