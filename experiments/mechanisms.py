@@ -46,6 +46,7 @@ from torch import nn
 from fedft.central import build_model, cached_features
 from fedft.config import ExperimentConfig
 from fedft.data.datasets import EncodedSplit, encode, load_raw
+from fedft.errors import FedftError
 from fedft.modeling import ReadoutNorm
 from fedft.train import evaluate, make_optimizer, seed_everything, train_epoch
 
@@ -280,11 +281,19 @@ def main(argv: list[str] | None = None) -> int:
                          "(repeatable; after each check's own settings)")
     args = ap.parse_args(argv)
     _SET[:] = args.set
+    try:  # a bad --set fails now, not after the first check's training
+        ExperimentConfig.from_toml(CONFIGS / "mnist_full_ft.toml", _SET)
+    except FedftError as e:
+        ap.error(str(e))
     if args.smoke:
         _EXTRA[:] = SMOKE
     for name in CHECKS if args.check == "all" else [args.check]:
         t0 = time.time()
-        res = CHECKS[name]()
+        try:
+            res = CHECKS[name]()
+        except FedftError as e:  # a missing asset, a bad --set: one line, non-zero exit
+            print(f"mechanisms.py {name}: {e}", file=sys.stderr)
+            return 2
         res["seconds"] = round(time.time() - t0, 1)
         res["command"] = " ".join(["python experiments/mechanisms.py", name, *(f"--set {kv}" for kv in args.set)])
         print(name, json.dumps(res, indent=2))
