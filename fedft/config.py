@@ -89,6 +89,10 @@ class SFPromptConfig:
     pruning: Literal["el2n", "random", "none"] = "el2n"
     prune_every_round: bool = True
     score_with_prompts: bool = True
+    # [D] the readout norm in the EL2N pass: "running" (the statistics of body outputs, as at
+    # evaluation) or "batch" (each scoring batch's own, as in the local-loss update: the scored
+    # features are head outputs, not body outputs; spec section 6)
+    score_norm: Literal["running", "batch"] = "running"
     rescore_before_split: bool = False
     local_epochs: int = 1
     split_epochs: int = 1
@@ -103,6 +107,7 @@ class SFPromptConfig:
 
     def __post_init__(self) -> None:
         _check(0 < self.keep_ratio <= 1, "method.sfprompt.keep_ratio", "a float in (0, 1]")
+        _check(self.score_norm in ("running", "batch"), "method.sfprompt.score_norm", '"running" or "batch"')
         _check(self.local_lr_scale >= 0, "method.sfprompt.local_lr_scale", "a float >= 0")
         _check(self.local_epochs >= 0, "method.sfprompt.local_epochs", "an integer >= 0")
         _check(self.split_epochs >= 0, "method.sfprompt.split_epochs", "an integer >= 0")

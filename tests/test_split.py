@@ -255,6 +255,31 @@ def test_el2n_scores_match_definition_and_restore_mode() -> None:
     assert scores.shape == (4,) and not scores.requires_grad
 
 
+def test_el2n_scores_with_batch_statistics_leave_the_running_ones() -> None:
+    # Prepare: a readout norm whose running statistics are far from the head features'
+    model = make_tiny("vit", prompt_len=2, readout_norm="batchnorm").model
+    norm = model.readout_norm
+    with torch.no_grad():
+        norm.running_mean.fill_(5.0)
+        norm.running_var.fill_(9.0)
+    parts = split_model(model, SplitSpec(0, 0))
+    batch = make_batch("vit", batch_size=4)
+    seen: list[torch.Tensor] = []
+    hook = norm.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    # Execute
+    running = el2n_scores(parts, batch)
+    scores = el2n_scores(parts, batch, batch_norm_stats=True)
+    hook.remove()
+    # Assert: the batch's own standardisation, the running statistics untouched
+    assert torch.all(norm.running_mean == 5.0) and torch.all(norm.running_var == 9.0)
+    assert not norm.training and not torch.allclose(scores, running)
+    x = seen[1]
+    z = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + norm.eps)
+    q = model.output_layer(z).softmax(-1)
+    onehot = torch.nn.functional.one_hot(batch["labels"], 3).float()
+    torch.testing.assert_close(scores, (q - onehot).norm(dim=-1))
+
+
 @pytest.mark.parametrize("kind", TEXT)
 def test_text_batch_without_mask(kind: str) -> None:
     tiny = make_tiny(kind, prompt_len=2)

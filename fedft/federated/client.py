@@ -108,7 +108,7 @@ def prune(rt: ClientRuntime, idx: np.ndarray, round: int, pid: int, flops: Flops
     if prompt is not None and not sc.score_with_prompts:
         saved, rt.parts.head.model.prompt = prompt, None  # score without prompts
     try:
-        scores = torch.cat([el2n_scores(rt.parts, b, flops) for b in
+        scores = torch.cat([el2n_scores(rt.parts, b, flops, batch_norm_stats=sc.score_norm == "batch") for b in
                             rt.train.batches(idx, rt.cfg.train.eval_batch_size)]).numpy()
     finally:
         if saved is not None:

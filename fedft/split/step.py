@@ -121,13 +121,16 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
 
 def el2n_scores(
     parts: SplitParts, batch: Batch, flops: FlopsMeter | None = None, phase: str = Phase.PRUNING,
+    batch_norm_stats: bool = False,
 ) -> torch.Tensor:
     """EL2N per sample, ``||softmax(tail(head(x))) - onehot(y)||_2``: (B,), body skipped.
 
-    Runs without gradients and in eval mode (no prompt dropout); draws no random numbers.
+    Runs without gradients and in eval mode (no prompt dropout); draws no random numbers. With
+    ``batch_norm_stats`` the model's readout norm standardises with this batch's statistics
+    (its running statistics are left unchanged).
     """
     key = (_shapes(batch), "el2n")
-    with torch.no_grad(), eval_mode(parts.head, parts.tail):
+    with torch.no_grad(), eval_mode(parts.head, parts.tail), _batch_stats(parts, batch_norm_stats):
         with _meter(flops, "client", phase, "head", "fwd", key):
             h, mask = parts.head(batch)
         with _meter(flops, "client", phase, "tail", "fwd", key):
@@ -136,3 +139,20 @@ def el2n_scores(
         raise ValueError(f"EL2N needs pooled class logits (B, C), got shape {tuple(logits.shape)}")
     onehot = F.one_hot(batch["labels"].long(), logits.shape[-1]).to(torch.float32)  # (B, C)
     return (logits.float().softmax(dim=-1) - onehot).norm(dim=-1)
+
+
+@contextmanager
+def _batch_stats(parts: SplitParts, on: bool) -> Iterator[None]:
+    norm = getattr(parts.model, "readout_norm", None)
+    if not on or norm is None:
+        yield
+        return
+    momentum, count, training = norm.momentum, norm.num_batches_tracked.clone(), norm.training
+    norm.momentum = 0.0  # train-mode batch statistics; the running ones stay as they are
+    norm.train()
+    try:
+        yield
+    finally:
+        norm.train(training)
+        norm.momentum = momentum
+        norm.num_batches_tracked.copy_(count)
