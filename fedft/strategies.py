@@ -92,7 +92,7 @@ DEFAULT_OVERRIDES: list[str] = [
     "train.batch_size=8", "train.eval_batch_size=32", "train.optimizer=sgd", "train.lr=0.003",
     "train.head_lr=0.05", "train.prompt_lr=0.001", "train.prompt_optimizer=adam", "train.schedule=cosine",
     "train.head_preconditioner=kfac",
-    "train.kfac_damping=0.003",
+    "train.kfac_damping=0.003", "method.sfprompt.score_norm=batch",
 ]
 
 
