@@ -72,6 +72,15 @@ def compare(cfg: ExperimentConfig, strategies: list[str], out: str | Path, show:
             s["run_dir"] = str(rd.path)
             rd.write_summary(s)
             summaries.append(s)
+    rows = write_outputs(out, strategies, summaries)
+    if show:
+        _print(rows)
+    return summaries
+
+
+def write_outputs(out: Path, strategies: list[str], summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``out/compare.csv`` (one row per summary) and ``out/accuracy_vs_bytes.png`` from the run
+    directories ``out/<strategy>/``; returns the rows."""
     rows = [_row(s) for s in summaries]
     with open(out / "compare.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -81,9 +90,7 @@ def compare(cfg: ExperimentConfig, strategies: list[str], out: str | Path, show:
 
     series = {s: [r for r in read_metrics(out / s / METRICS) if r.get("accuracy")] for s in strategies}
     plot_accuracy_vs_bytes(series, out / "accuracy_vs_bytes.png")
-    if show:
-        _print(rows)
-    return summaries
+    return rows
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
