@@ -55,6 +55,21 @@ class ReadoutNorm(nn.BatchNorm1d):
         finally:
             self.momentum = saved
 
+    @contextmanager
+    def batch_statistics(self) -> Iterator[None]:
+        """Inside this block the norm standardises with each batch's own statistics (train mode)
+        and leaves its running statistics and count as they were: for head features (EL2N
+        scoring, the local-loss update), which must not enter the statistics of body features."""
+        saved = self.momentum, self.num_batches_tracked.clone(), self.training  # type: ignore[union-attr]
+        self.momentum = 0.0
+        self.train()
+        try:
+            yield
+        finally:
+            self.momentum = saved[0]
+            self.num_batches_tracked.copy_(saved[1])  # type: ignore[union-attr]
+            self.train(saved[2])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] < 2:
             return F.batch_norm(x, self.running_mean, self.running_var, training=False, eps=self.eps)

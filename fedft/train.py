@@ -95,13 +95,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         if rest:
             return PairedOptimizer(_build(rest, cfg.optimizer, cfg), _build(prompts, cfg.prompt_optimizer, cfg))  # type: ignore[return-value]
         return _build(prompts, cfg.prompt_optimizer, cfg)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "lbfgs":
-        raise ValueError("lbfgs is a full-batch optimizer for cached-feature probes only")
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return _build(groups, cfg.optimizer, cfg)
 
 
 def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:

@@ -6,20 +6,22 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from fedft.federated.aggregation import check_update, spec_of, weighted_mean
+from fedft.federated.aggregation import aggregate
 from fedft.federated.client import n_kept, select_hardest
 from fedft.federated.engine import parse_reply
+from fedft.federated.payload import check_upload
 from fedft.federated.records import reply_content
 
 
-def test_weighted_mean_by_hand():
+def test_fedavg_by_hand():
     # Prepare
     a = {"w": np.array([1.0, 2.0], np.float32), "b": np.array([0.0], np.float32)}
     b = {"w": np.array([3.0, 6.0], np.float32), "b": np.array([4.0], np.float32)}
     # Execute
-    out = weighted_mean([a, b], [1, 3])
+    out = aggregate([a, b], [1, 3])
     # Assert: (1*a + 3*b) / 4
     np.testing.assert_allclose(out["w"], [2.5, 5.0])
     np.testing.assert_allclose(out["b"], [3.0])
@@ -28,23 +30,43 @@ def test_weighted_mean_by_hand():
 
 def test_clients_not_sampled_do_not_contribute():
     a = {"w": np.ones(3, np.float32)}
-    assert np.array_equal(weighted_mean([a], [7])["w"], a["w"])
+    assert np.array_equal(aggregate([a], [7])["w"], a["w"])
     with pytest.raises(ValueError):
-        weighted_mean([], [])
+        aggregate([], [])
     with pytest.raises(ValueError):
-        weighted_mean([a], [0])
+        aggregate([a], [0])
+
+
+def test_each_tensor_and_index_averages_over_its_senders():
+    a = {"w": np.array([2.0], np.float32), "s::idx": np.array([0, 2]), "s::val": np.array([1.0, 4.0], np.float32)}
+    b = {"s::idx": np.array([2, 5]), "s::val": np.array([8.0, 3.0], np.float32)}
+    out = aggregate([a, b], [1, 3])
+    assert np.array_equal(out["w"], a["w"])  # only a sent w
+    assert out["s::idx"].tolist() == [0, 2, 5]
+    np.testing.assert_allclose(out["s::val"], [1.0, (1 * 4.0 + 3 * 8.0) / 4, 3.0])
+
+
+class _W(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(3))
 
 
 @pytest.mark.parametrize("bad, why", [
-    ({"w": np.ones(3, np.float32), "x": np.ones(1, np.float32)}, "names differ"),
+    ({"w": np.ones(3, np.float32), "x": np.ones(1, np.float32)}, "unexpected tensor 'x'"),
     ({"w": np.ones(4, np.float32)}, "expected float32(3,)"),
     ({"w": np.ones(3, np.float64)}, "expected float32(3,)"),
     ({"w": np.array([1, np.nan, 2], np.float32)}, "non-finite"),
+    ({"w::idx": np.array([0, 3]), "w::val": np.ones(2, np.float32)}, "out of range"),
+    ({"w::idx": np.array([1, 1]), "w::val": np.ones(2, np.float32)}, "repeated"),
+    ({"w::val": np.ones(2, np.float32)}, "no indices"),
+    ({}, "empty"),
 ])
-def test_check_update_rejects(bad, why):
-    spec = spec_of({"w": np.zeros(3, np.float32)})
-    assert why in check_update(bad, spec)
-    assert check_update({"w": np.zeros(3, np.float32)}, spec) is None
+def test_check_upload_rejects(bad, why):
+    model = _W()
+    assert why in check_upload(bad, model, {"w"})
+    assert check_upload({"w": np.zeros(3, np.float32)}, model, {"w"}) is None
+    assert check_upload({"w::idx": np.array([2]), "w::val": np.ones(1, np.float32)}, model, {"w"}) is None
 
 
 def test_n_kept_formula():

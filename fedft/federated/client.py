@@ -18,6 +18,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,7 +182,6 @@ def _fl_epochs(rt: ClientRuntime, idx: np.ndarray, opt: Any, rng: np.random.Gene
 
 
 def _active(pre: Any) -> Any:
-    from contextlib import nullcontext
 
     return nullcontext() if pre is None else pre.active()
 
@@ -207,19 +207,16 @@ def _split_round(
     def local_phase() -> float:
         total, n = 0.0, 0
         norm = rt.model.readout_norm
-        if norm is not None:  # head features must not enter the statistics of body features
-            momentum, norm.momentum = norm.momentum, 0.0
         lrs = [g["lr"] for g in opt.param_groups]
         set_lr_factor(opt, lrs, sc.local_lr_scale)
-        for _ in range(sc.local_epochs):
-            for batch in rt.train.batches(local_idx, cfg.train.batch_size, shuffle=True, rng=rng):
-                opt.zero_grad(set_to_none=True)
-                r = local_step(parts, batch, loss_fn, flops)
-                opt.step()
-                total, n = total + r.loss * r.n, n + r.n
+        with norm.batch_statistics() if norm is not None else nullcontext():
+            for _ in range(sc.local_epochs):
+                for batch in rt.train.batches(local_idx, cfg.train.batch_size, shuffle=True, rng=rng):
+                    opt.zero_grad(set_to_none=True)
+                    r = local_step(parts, batch, loss_fn, flops)
+                    opt.step()
+                    total, n = total + r.loss * r.n, n + r.n
         set_lr_factor(opt, lrs, 1.0)
-        if norm is not None:
-            norm.momentum = momentum
         if sc.reset_optimizer:
             opt.state.clear()
         return total / max(n, 1)
@@ -264,7 +261,6 @@ def _split_phase(rt: ClientRuntime, split_idx: np.ndarray, opt: Any, rng: np.ran
 
 def _averaging(model: TaskModel) -> Any:
     """The readout norm's round-average context (a no-op without a readout norm)."""
-    from contextlib import nullcontext
 
     norm = model.readout_norm
     return nullcontext() if norm is None else norm.round_average()  # type: ignore[operator]

@@ -122,7 +122,7 @@ def summarize(srv: ServerRuntime, result: Any, client_flops: float, server_flops
         "server_flops": server_flops,
         "travelling_params": numel(srv.global_update),
         "wall_seconds": round(seconds, 2),
-        **({"method_report": srv.method.describe()} if srv.method.describe() else {}),
+        **({"method_report": report} if (report := srv.method.describe()) else {}),
     }
 
 

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch import nn
 
+from fedft.federated.aggregation import Update
 from fedft.methods.base import BaseMethod, state_tensors
 
 if TYPE_CHECKING:
     from fedft.split import SplitParts
 
-Update = dict[str, np.ndarray]
 IDX, VAL = "::idx", "::val"
 
 

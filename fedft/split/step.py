@@ -130,7 +130,9 @@ def el2n_scores(
     (its running statistics are left unchanged).
     """
     key = (_shapes(batch), "el2n")
-    with torch.no_grad(), eval_mode(parts.head, parts.tail), _batch_stats(parts, batch_norm_stats):
+    norm = getattr(parts.model, "readout_norm", None)
+    stats = norm.batch_statistics() if batch_norm_stats and norm is not None else nullcontext()
+    with torch.no_grad(), eval_mode(parts.head, parts.tail), stats:
         with _meter(flops, "client", phase, "head", "fwd", key):
             h, mask = parts.head(batch)
         with _meter(flops, "client", phase, "tail", "fwd", key):
@@ -139,20 +141,3 @@ def el2n_scores(
         raise ValueError(f"EL2N needs pooled class logits (B, C), got shape {tuple(logits.shape)}")
     onehot = F.one_hot(batch["labels"].long(), logits.shape[-1]).to(torch.float32)  # (B, C)
     return (logits.float().softmax(dim=-1) - onehot).norm(dim=-1)
-
-
-@contextmanager
-def _batch_stats(parts: SplitParts, on: bool) -> Iterator[None]:
-    norm = getattr(parts.model, "readout_norm", None)
-    if not on or norm is None:
-        yield
-        return
-    momentum, count, training = norm.momentum, norm.num_batches_tracked.clone(), norm.training
-    norm.momentum = 0.0  # train-mode batch statistics; the running ones stay as they are
-    norm.train()
-    try:
-        yield
-    finally:
-        norm.train(training)
-        norm.momentum = momentum
-        norm.num_batches_tracked.copy_(count)
