@@ -12,9 +12,10 @@ import json
 
 import numpy as np
 
-from fedft.central import build_model, cached_features
+from fedft.central import cached_features
 from fedft.config import ExperimentConfig
 from fedft.data.datasets import encode, load_raw
+from fedft.model import build_model
 
 
 def main() -> None:

@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedft.central import build_model, cached_features
+from fedft.central import cached_features
 from fedft.cli import default_config
 from fedft.data.datasets import encode, load_raw
+from fedft.model import build_model
 from fedft.precondition import HeadPreconditioner, HeadStats
 
 

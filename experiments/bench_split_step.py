@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from fedft.accounting import CommLedger
+from fedft.body.client import GrpcTransport
+from fedft.body.service import new_token, start_body_service
+from fedft.body.transport import BodySession, LoopbackTransport
 from fedft.config import ExperimentConfig
-from fedft.federated.body_service import new_token, start_body_service
-from fedft.split import BodySession, LoopbackTransport, SplitSpec, split_model, split_step
-from fedft.split.grpc_transport import GrpcTransport
+from fedft.split import SplitSpec, split_model, split_step
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from fedft.central import build_model
+    from fedft.model import build_model
 
     cfg = ExperimentConfig.from_overrides([f"model.name={args.model}", f"data.image_size={args.image_size}",
                                            "method.name=prompt_tuning", "method.prompt_len=10"])

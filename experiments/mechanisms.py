@@ -43,11 +43,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedft.central import build_model, cached_features
+from fedft.central import cached_features
 from fedft.config import ExperimentConfig
 from fedft.data.datasets import EncodedSplit, encode, load_raw
 from fedft.errors import FedftError
-from fedft.modeling import ReadoutNorm
+from fedft.model import ReadoutNorm, build_model
 from fedft.train import evaluate, make_optimizer, seed_everything, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]

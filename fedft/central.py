@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 from fedft.config import ExperimentConfig
 from fedft.data.datasets import EncodedSplit, RawData, encode, load_raw
 from fedft.errors import ConfigError
-from fedft.methods import METHODS, BaseMethod
-from fedft.modeling import TaskModel, build_task_model
-from fedft.models import load_backbone, load_preprocessor
+from fedft.methods import BaseMethod
+from fedft.model.build import build_model
+from fedft.model.task import TaskModel
 from fedft.outputs import METRICS, RunDir, read_metrics
 from fedft.precondition import head_preconditioner
 from fedft.train import (
@@ -35,26 +35,6 @@ from fedft.train import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def build_model(cfg: ExperimentConfig, num_labels: int) -> tuple[TaskModel, BaseMethod, Any]:
-    """Backbone + method + task model, and the model's own preprocessing."""
-    method = METHODS.get(cfg.method.name)(cfg.method)
-    bb = load_backbone(cfg.model, cfg.seed)
-    pre = load_preprocessor(bb, cfg.data)
-    torch.manual_seed(cfg.seed)
-    readout = None if cfg.model.task == "causal_lm" else cfg.model.readout
-    model = build_task_model(
-        bb.model, task=cfg.model.task, num_labels=num_labels, prompt_len=method.prompt_tokens(),
-        deep_prompts=method.deep_prompts(), readout=readout, prompt_dropout=cfg.method.prompt_dropout,
-        readout_norm=cfg.model.readout_norm if cfg.model.task == "classification" else "none",
-    )
-    method.apply(model)
-    if cfg.train.head_preconditioner == "kfac" and cfg.model.task == "classification":
-        from fedft.precondition import HeadStats
-
-        model.head_stats = HeadStats(model.output_layer.in_features)
-    return model, method, pre
 
 
 def load_task_data(cfg: ExperimentConfig, pre: Any, raw: RawData) -> tuple[EncodedSplit, EncodedSplit]:

@@ -19,24 +19,21 @@ EPILOG = "Docs: README.md. Results go to RUN_DIR (default runs/<strategy>-<metho
 
 def _load_config(args: argparse.Namespace):  # -> ExperimentConfig
     from fedft.config import ExperimentConfig, validate_names
-    from fedft.methods import METHODS
-    from fedft.strategies import STRATEGIES
 
     overrides = list(args.set or [])
     if args.out and args.command == "run":
         overrides.append(f"output.dir={args.out}")
     cfg = (ExperimentConfig.from_toml(args.config, overrides) if args.config
            else default_config(overrides))
-    validate_names(cfg, METHODS.names(), STRATEGIES.names())
+    validate_names(cfg)
     return cfg
 
 
 def default_config(overrides: list[str]):  # -> ExperimentConfig
-    """The embedded default: the main job, also shipped as experiments/configs/sfprompt_mnist.toml."""
-    from fedft.config import ExperimentConfig
-    from fedft.strategies import DEFAULT_OVERRIDES
+    """The embedded default: the main job, fedft/configs/sfprompt_mnist.toml (package data)."""
+    from fedft.config import ExperimentConfig, main_job_path
 
-    return ExperimentConfig.from_overrides([*DEFAULT_OVERRIDES, *overrides])
+    return ExperimentConfig.from_toml(main_job_path(), overrides)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -47,6 +44,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         for name in STRATEGIES.names():
             print(f"{name:18s} {STRATEGIES.get(name).description}")
+        return 0
+    if args.list_aggregators:
+        from fedft.federated.aggregators import AGGREGATORS, DESCRIPTIONS
+
+        for name in AGGREGATORS.names():
+            print(f"{name:18s} {DESCRIPTIONS[name]}")
         return 0
     if args.resume:
         from fedft.runner import resume
@@ -131,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "summary.json and plots to RUN_DIR.", epilog=EPILOG)
     r.add_argument("--resume", metavar="RUN_DIR", help="continue a killed federated run from its checkpoint")
     r.add_argument("--list-strategies", action="store_true", help="list the strategies and exit")
+    r.add_argument("--list-aggregators", action="store_true",
+                   help="list the aggregators (federation.aggregator: Flower strategies) and exit")
     r.add_argument("--config", "-c", type=Path, help="TOML config file (see experiments/configs/)")
     r.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=0.01 (repeatable)")

@@ -3,7 +3,7 @@
 Parsing (overrides, merging, casting) lives in :mod:`fedft.config_parse`; its public names are
 re-exported here. Sources, in order of precedence (later wins): the defaults below, a TOML file, ``--set
 section.key=value`` overrides on the command line, and Flower's ``run_config`` (dotted kebab
-keys such as ``method.sfprompt.keep-ratio``). Every source goes through :func:`build`, which
+keys such as ``federation.sfprompt.keep-ratio``). Every source goes through :func:`build`, which
 casts values, rejects unknown keys and validates choices, raising :class:`ConfigError` (exit 2)
 with a message that names the field and the allowed values.
 """
@@ -16,21 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fedft.config_parse import _assign, build, flatten, merge, parse_overrides
+from fedft.config_parse import _assign, build, flatten, merge, parse_overrides, to_plain
 from fedft.deploy_config import DeployConfig
 from fedft.errors import ConfigError
-from fedft.method_configs import (
-    AntidoteOptions,
-    GreenTrainerOptions,
-    HFTOptions,
-    IA3Options,
-    LightPEFTOptions,
-    LoraOptions,
-    LTSFTOptions,
-    S2FTOptions,
-    SSFOptions,
-    WiseFTOptions,
-)
+from fedft.errors import check as _check
+from fedft.options import PluginOptions, get_options, with_defaults
 
 
 @dataclass(frozen=True)
@@ -82,60 +72,28 @@ class PartitionConfig:
 
 
 @dataclass(frozen=True)
-class SFPromptConfig:
-    """SFPrompt options (spec section 14)."""
-
-    keep_ratio: float = 0.5
-    pruning: Literal["el2n", "random", "none"] = "el2n"
-    prune_every_round: bool = True
-    score_with_prompts: bool = True
-    # [D] the readout norm in the EL2N pass: "running" (the statistics of body outputs, as at
-    # evaluation) or "batch" (each scoring batch's own, as in the local-loss update: the scored
-    # features are head outputs, not body outputs; spec section 6)
-    score_norm: Literal["running", "batch"] = "running"
-    rescore_before_split: bool = False
-    local_epochs: int = 1
-    split_epochs: int = 1
-    local_update_on_pruned: bool = True
-    local_update_position: Literal["before_split", "after_split"] = "before_split"
-    agg_weighting: Literal["n_samples", "n_kept", "uniform"] = "n_samples"
-    # [D] learning-rate multiplier during the local-loss update (its tail sees head features, not
-    # body features: spec section 6, feature-shift caveat)
-    local_lr_scale: float = 1.0
-    # spec 4.5 option: a fresh optimizer state (momentum) for split training after the local update
-    reset_optimizer: bool = False
-
-    def __post_init__(self) -> None:
-        _check(0 < self.keep_ratio <= 1, "method.sfprompt.keep_ratio", "a float in (0, 1]")
-        _check(self.score_norm in ("running", "batch"), "method.sfprompt.score_norm", '"running" or "batch"')
-        _check(self.local_lr_scale >= 0, "method.sfprompt.local_lr_scale", "a float >= 0")
-        _check(self.local_epochs >= 0, "method.sfprompt.local_epochs", "an integer >= 0")
-        _check(self.split_epochs >= 0, "method.sfprompt.split_epochs", "an integer >= 0")
-
-
-@dataclass(frozen=True)
 class MethodConfig:
-    """The fine-tuning method: what trains (and, in federated runs, what travels)."""
+    """The fine-tuning method: what trains (and, in federated runs, what travels).
+
+    ``[method.<name>]`` tables hold a method's own options, declared in its module; the
+    selected method's table is always present (its defaults when the config gives none)."""
+
+    __options_section__ = "method"
 
     name: str = "prompt_tuning"
     prompt_len: int = 10
     prompt_dropout: float = 0.0
     deep_prompts: bool = False
-    sfprompt: SFPromptConfig = field(default_factory=SFPromptConfig)
-    lora: LoraOptions = field(default_factory=LoraOptions)
-    ia3: IA3Options = field(default_factory=IA3Options)
-    ssf: SSFOptions = field(default_factory=SSFOptions)
-    hft: HFTOptions = field(default_factory=HFTOptions)
-    s2ft: S2FTOptions = field(default_factory=S2FTOptions)
-    lt_sft: LTSFTOptions = field(default_factory=LTSFTOptions)
-    light_peft: LightPEFTOptions = field(default_factory=LightPEFTOptions)
-    greentrainer: GreenTrainerOptions = field(default_factory=GreenTrainerOptions)
-    wise_ft: WiseFTOptions = field(default_factory=WiseFTOptions)
-    antidote: AntidoteOptions = field(default_factory=AntidoteOptions)
+    options: PluginOptions = ()  # ((method, options), ...) from the [method.<name>] tables
 
     def __post_init__(self) -> None:
         _check(self.prompt_len >= 0, "method.prompt_len", "an integer >= 0")
         _check(0 <= self.prompt_dropout < 1, "method.prompt_dropout", "a float in [0, 1)")
+        object.__setattr__(self, "options", with_defaults(self.options, "method", [self.name]))
+
+    def options_for(self, name: str) -> Any:
+        """The options of method ``name`` (as configured, else its defaults)."""
+        return get_options(self.options, "method", name)
 
 
 @dataclass(frozen=True)
@@ -153,20 +111,35 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class FederationConfig:
-    """How training is organised: central, or a federated/split strategy over clients."""
+    """How training is organised: central, or a federated/split strategy over clients.
+
+    ``[federation.<name>]`` tables hold the options of the selected strategy family (for example
+    ``[federation.sfprompt]``) and of the aggregator (for example ``[federation.fedadam]``)."""
+
+    __options_section__ = "federation"
 
     strategy: str = "sfprompt"
+    # how the uploads that travel through Flower are combined: a Flower strategy (fedavg, fedprox,
+    # fedadam, krum, ...; `fedft run --list-aggregators`)
+    aggregator: str = "fedavg"
     engine: Literal["simulation", "inprocess"] = "simulation"
     rounds: int = 10
     clients_per_round: int = 0  # 0 = all clients every round
     eval_every: int = 1
     cpus_per_client: float = 1.0
+    options: PluginOptions = ()  # ((plugin, options), ...) from the [federation.<name>] tables
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "federation.rounds", "an integer >= 1")
         _check(self.clients_per_round >= 0, "federation.clients_per_round", "an integer >= 0")
         _check(self.eval_every >= 1, "federation.eval_every", "an integer >= 1")
         _check(self.cpus_per_client > 0, "federation.cpus_per_client", "a number > 0")
+        object.__setattr__(self, "options",
+                           with_defaults(self.options, "federation", [self.strategy, self.aggregator]))
+
+    def options_for(self, name: str) -> Any:
+        """The options of strategy family or aggregator ``name`` (as configured, else defaults)."""
+        return get_options(self.options, "federation", name)
 
 
 @dataclass(frozen=True)
@@ -257,8 +230,8 @@ class ExperimentConfig:
         return build(cls, nested)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (TOML/JSON serialisable)."""
-        return dataclasses.asdict(self)
+        """Plain nested dict (TOML/JSON serialisable); options tables appear under their section."""
+        return to_plain(self)
 
     def to_run_config(self) -> dict[str, Any]:
         """Flat dotted-key dict, the inverse of :meth:`from_run_config`."""
@@ -269,19 +242,22 @@ class ExperimentConfig:
         return dataclasses.replace(self, **sections)
 
 
-def _check(ok: bool, name: str, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"bad value for {name}: must be {allowed}")
+def validate_names(cfg: ExperimentConfig) -> None:
+    """Check the open choices (registry names: method, strategy, aggregator)."""
+    from fedft.federated.aggregators import AGGREGATORS
+    from fedft.methods import METHODS
+    from fedft.strategies import STRATEGIES
+
+    for value, field_name, names in ((cfg.method.name, "method.name", METHODS.names()),
+                                     (cfg.federation.strategy, "federation.strategy", STRATEGIES.names()),
+                                     (cfg.federation.aggregator, "federation.aggregator", AGGREGATORS.names())):
+        if value not in names:
+            raise ConfigError(f"bad value {value!r} for {field_name}; allowed: {', '.join(names)}")
 
 
-def validate_names(cfg: ExperimentConfig, methods: list[str], strategies: list[str]) -> None:
-    """Check the open choices (registry names) once the registries are loaded."""
-    if cfg.method.name not in methods:
-        raise ConfigError(f"bad value {cfg.method.name!r} for method.name; allowed: {', '.join(methods)}")
-    if cfg.federation.strategy not in strategies:
-        raise ConfigError(
-            f"bad value {cfg.federation.strategy!r} for federation.strategy; allowed: {', '.join(strategies)}"
-        )
+def main_job_path() -> Path:
+    """The main job's config, shipped inside the package (``fedft run`` with no ``--config``)."""
+    return Path(__file__).resolve().parent / "configs" / "sfprompt_mnist.toml"
 
 
 def to_toml(cfg: ExperimentConfig) -> str:

@@ -98,27 +98,63 @@ def _cast(value: Any, tp: Any, name: str) -> Any:
     raise ConfigError(f"unsupported type for {name}")
 
 
+MOVED = {"method.sfprompt": "federation.sfprompt"}  # options tables that moved, for a helpful error
+
+
+def _options_table(cls: type, key: str, full: str, names: set[str]) -> type:
+    """The options dataclass of table ``key`` in section ``cls`` (an error naming the valid keys)."""
+    from fedft.options import option_names, options_class
+
+    section = getattr(cls, "__options_section__", None)
+    found = options_class(section, key) if section else None
+    if found is None:
+        if full in MOVED:
+            raise ConfigError(f"[{full}] is now [{MOVED[full]}]; rename the table or the --set key")
+        valid = sorted(names - {"options"}) + (option_names(section) if section else [])
+        where = f"[{full.rpartition('.')[0]}]" if "." in full else "the top level"
+        raise ConfigError(f"unknown config key {full!r}; valid keys in {where}: {', '.join(valid)}")
+    return found
+
+
 def build(cls: type, data: dict[str, Any], path: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested dict, casting and validating every field."""
+    """Build dataclass ``cls`` from a nested dict, casting and validating every field. A section
+    with ``__options_section__`` also takes the options tables its plugins declare."""
     if not isinstance(data, dict):
         raise ConfigError(f"[{path.rstrip('.')}] must be a table of keys, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
+    tables: dict[str, Any] = {}
     for raw_key, value in data.items():
         key = _norm(raw_key)
         full = f"{path}{key}"
-        if key not in names:
-            where = f"[{path.rstrip('.')}]" if path else "the top level"
-            raise ConfigError(f"unknown config key {full!r}; valid keys in {where}: {', '.join(sorted(names))}")
+        if key not in names or key == "options":
+            tables[key] = build(_options_table(cls, key, full, names), value, full + ".")
+            continue
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = build(tp, value, full + ".")
         else:
             kwargs[key] = _cast(value, tp, full)
+    if tables:
+        kwargs["options"] = tuple(sorted(tables.items()))
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad config in [{path.rstrip('.') or 'top level'}]: {e}") from None
+
+
+def to_plain(obj: Any) -> Any:
+    """A config dataclass as a plain nested dict; ``options`` pairs become tables of the section."""
+    if not dataclasses.is_dataclass(obj):
+        return obj
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name == "options" and hasattr(obj, "__options_section__"):
+            out.update({name: to_plain(opts) for name, opts in value})
+        else:
+            out[f.name] = to_plain(value)
+    return out

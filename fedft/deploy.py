@@ -179,7 +179,8 @@ def stage_app(cfg_text: str, app_src: Path, dest: Path) -> Path:
 
 
 def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
-    """The process environment for Flower commands (``platform/flower.md`` §3)."""
+    """The process environment for Flower commands: ``FLOWER_ENV`` (telemetry and update check
+    off, no runtime dependency installation), this interpreter first on PATH, and FLWR_HOME."""
     env = dict(os.environ, **FLOWER_ENV)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if flwr_home is not None:

@@ -14,3 +14,9 @@ class ConfigError(FedftError):
 
 class AssetError(FedftError):
     """A missing, unreachable or corrupt offline asset; the message names the fetch command."""
+
+
+def check(ok: bool, name: str, allowed: str) -> None:
+    """Raise a :class:`ConfigError` ``bad value for NAME: must be ALLOWED`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"bad value for {name}: must be {allowed}")

@@ -25,9 +25,9 @@ EVALUATION = "evaluation.json"
 
 def evaluate_run(run_dir: str | Path, test_size: int = 0, batch_size: int = 0) -> dict[str, Any]:
     """Accuracy and loss of the run's last global model on ``test_size`` test samples (0 = all)."""
-    from fedft.central import build_model
     from fedft.data.datasets import encode, load_raw
     from fedft.federated.checkpoint import load
+    from fedft.model.build import build_model
     from fedft.split import SplitSpec, split_model
     from fedft.train import evaluate
 

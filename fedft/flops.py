@@ -154,7 +154,7 @@ def _batch_size(batch: Mapping[str, Any]) -> int:
 def full_finetune_flops_per_sample(model: nn.Module, batch: Mapping[str, Any]) -> float:
     """FLOPs per sample of forward + backward through the unsplit model, every weight trainable.
 
-    ``model`` is a :class:`~fedft.modeling.TaskModel` (any module with ``loss(logits, batch)``
+    ``model`` is a :class:`~fedft.model.task.TaskModel` (any module with ``loss(logits, batch)``
     works). Trainability flags and existing gradients are restored afterwards.
     """
     params = list(model.parameters())

@@ -49,7 +49,9 @@ TRAIN_LOSS = "train-loss"
 LOCAL_LOSS = "local-loss"
 CLIENT_FLOPS = "client-flops"
 CLIENT_SECONDS = "client-seconds"
+SPLIT_SAMPLES = "split-samples"  # samples trained through the body (server FLOPs = these x per-sample)
 CLIENT_BYTES_PREFIX = "bytes-"  # + ledger kind: the client's own count of body-service bytes
+AGG_WEIGHT = "agg-weight"  # the strategy's weight of a reply, as Flower's aggregators read it
 
 # Node config keys (simulation sets the first two; deployment passes all via --node-config).
 PARTITION_ID = "partition-id"

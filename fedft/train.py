@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedft.config import TrainConfig
+from fedft.config import ExperimentConfig, TrainConfig
 from fedft.data.datasets import EncodedSplit
 from fedft.precondition import HeadPreconditioner
 
@@ -170,3 +170,27 @@ def train_epoch(
     if pre is not None:
         pre.finish()
     return loss_sum / max(n, 1), n
+
+
+class Proximal:
+    """FedProx's client-side term: adds ``mu (w - w_global)`` to each trained tensor's gradient,
+    the gradient of ``mu/2 ||w - w_global||^2`` (Li et al. 2020), with ``w_global`` the round's
+    download."""
+
+    def __init__(self, params: list[nn.Parameter], mu: float) -> None:
+        self.params, self.mu = params, mu
+        self.anchor = [p.detach().clone() for p in params]
+
+    @classmethod
+    def for_config(cls, cfg: ExperimentConfig, params: list[nn.Parameter]) -> Proximal | None:
+        """The term for ``federation.aggregator = "fedprox"`` with mu > 0, else None."""
+        if cfg.federation.aggregator != "fedprox":
+            return None
+        mu = cfg.federation.options_for("fedprox").proximal_mu
+        return cls(params, mu) if mu > 0 and params else None
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for p, w0 in zip(self.params, self.anchor, strict=True):
+            if p.grad is not None:
+                p.grad.add_(p.detach() - w0, alpha=self.mu)

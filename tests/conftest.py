@@ -23,3 +23,13 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def _one_thread():
+    """One intra-op thread for the module: tiny models are fastest on one, and several spin-wait
+    on a busy machine (10-100x slower). Modules opt in with ``pytest.mark.usefixtures``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -10,10 +10,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedft.federated.aggregation import aggregate
-from fedft.federated.client import n_kept, select_hardest
 from fedft.federated.engine import parse_reply
 from fedft.federated.payload import check_upload
 from fedft.federated.records import reply_content
+from fedft.strategies.sfprompt import n_kept, select_hardest
 
 
 def test_fedavg_by_hand():

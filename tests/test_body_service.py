@@ -24,10 +24,10 @@ from torch import nn
 
 from fedft import keys
 from fedft.accounting import CommLedger, Kind, Phase
-from fedft.federated.body_service import THREAD_PREFIX, new_token, start_body_service
-from fedft.split import codec
-from fedft.split.grpc_transport import BodyServiceError, GrpcTransport, method_path
-from fedft.split.transport import BodySession, LoopbackTransport
+from fedft.body import codec
+from fedft.body.client import BodyServiceError, GrpcTransport, method_path
+from fedft.body.service import THREAD_PREFIX, new_token, start_body_service
+from fedft.body.transport import BodySession, LoopbackTransport
 
 B, T, D = 4, 5, 8
 

@@ -1,5 +1,6 @@
 """Every strategy end to end on the in-process engine (real body service, real records), and the
-ledger against the analytic formulas of spec section 7, recomputed here independently."""
+ledger against the analytic byte formulas of docs/sfprompt.md §7 and docs/accounting.md,
+recomputed here independently."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def _split_bytes(n: int, epochs: int) -> int:
 
 
 def test_sfprompt_ledger_matches_formula(tmp_path):
-    summary, ledger, parts = _run(tmp_path, "sfprompt", "method.sfprompt.keep_ratio=0.5")
+    summary, ledger, parts = _run(tmp_path, "sfprompt", "federation.sfprompt.keep_ratio=0.5")
     by_kind = ledger.by_kind()
     # trainable client state: prompts (P x D), final LayerNorm (2 x D), classifier (D x 10 + 10)
     tail_prompt = {"backbone.layernorm.bias": D, "backbone.layernorm.weight": D,
@@ -85,9 +86,9 @@ def test_kfac_second_moment_travels_with_prompts_and_tail(tmp_path):
 
 
 def test_sfprompt_tail_blocks_train_and_travel(tmp_path):
-    # Prepare: the tail's last block is part of SFPrompt's trainable tail (spec 2.1)
-    from fedft.central import build_model
+    # Prepare: the tail's last block is part of SFPrompt's trainable tail (docs/sfprompt.md §1)
     from fedft.federated.checkpoint import load
+    from fedft.model import build_model
     from fedft.split import SplitSpec, split_model
 
     cfg = STRATEGIES.get("sfprompt").configure(ExperimentConfig.from_overrides(TINY))
@@ -108,7 +109,7 @@ def test_sfprompt_tail_blocks_train_and_travel(tmp_path):
 
 def test_fl_full_ledger_is_twice_the_model(tmp_path):
     _, ledger, _ = _run(tmp_path, "fl_full")
-    from fedft.central import build_model
+    from fedft.model import build_model
 
     cfg = STRATEGIES.get("fl_full").configure(ExperimentConfig.from_overrides(TINY))
     model, _, _ = build_model(cfg, 10)
@@ -126,7 +127,7 @@ def test_sfprompt_below_fl_full_bytes(tmp_path):
 
 
 def test_sfprompt_without_pruning_and_local_equals_sfl(tmp_path):
-    a, _, _ = _run(tmp_path, "sfprompt", "method.sfprompt.keep_ratio=1.0", "method.sfprompt.local_epochs=0")
+    a, _, _ = _run(tmp_path, "sfprompt", "federation.sfprompt.keep_ratio=1.0", "federation.sfprompt.local_epochs=0")
     b, _, _ = _run(tmp_path, "sfl")
     assert a["final_accuracy"] == b["final_accuracy"] and a["final_loss"] == b["final_loss"]
     assert a["bytes_by_kind"]["activations_up"] == b["bytes_by_kind"]["activations_up"]

@@ -13,18 +13,13 @@ import torch
 from transformers import Dinov2Config, Dinov2Model
 
 from fedft.accounting import CommLedger
+from fedft.body.transport import BodySession, LoopbackTransport
 from fedft.flops import FlopsMeter, full_finetune_flops_per_sample
-from fedft.modeling import build_task_model, tiny_batch, tiny_task_model
-from fedft.split import BodySession, LoopbackTransport, SplitSpec, split_model, split_step
+from fedft.model import build_task_model
+from fedft.model.tiny import tiny_batch, tiny_task_model
+from fedft.split import SplitSpec, split_model, split_step
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models are fastest on one thread; several spin-wait on a busy machine (10-100x)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("_one_thread")
 
 
 def test_meter_counts_matmuls_by_party_phase_and_part() -> None:
@@ -124,7 +119,7 @@ def test_sfprompt_client_flops_are_under_one_percent_of_full_finetuning() -> Non
     body_fwd = sum(e["flops"] for e in meter.entries()
                    if e["part"] == "body" and e["direction"] == "fwd") / n
     assert body_fwd == pytest.approx(12 * analytic_block, rel=0.05)
-    # activation-only backward through the frozen body costs about one forward (spec section 8)
+    # activation-only backward through the frozen body costs about one forward (docs/sfprompt.md §7)
     body_bwd = sum(e["flops"] for e in meter.entries()
                    if e["part"] == "body" and e["direction"] == "bwd") / n
     assert 0.9 < body_bwd / body_fwd < 1.5

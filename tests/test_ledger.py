@@ -1,6 +1,6 @@
 """The ledger, the wire codec, and the bytes a split step records over the loopback transport.
 
-Frame sizes (fedft.split.codec): an 8-byte header, 8 bytes per dimension, then the raw data.
+Frame sizes (fedft.body.codec): an 8-byte header, 8 bytes per dimension, then the raw data.
 A (B, T, D) activation frame is therefore 8 + 3 * 8 = 32 bytes of header plus B * T * D * beta
 bytes of data (beta = 4 for fp32, 2 for fp16/bf16). A (B, T) bool mask frame is 8 + 2 * 8 = 24
 bytes plus B * T bytes.
@@ -12,22 +12,17 @@ import pytest
 import torch
 
 from fedft.accounting import CommEvent, CommLedger, Direction, Kind, Phase
-from fedft.modeling import tiny_batch, tiny_task_model
-from fedft.split import BodySession, LoopbackTransport, SplitSpec, codec, split_model, split_step
-from fedft.split.codec import CodecError
+from fedft.body import codec
+from fedft.body.codec import CodecError
+from fedft.body.transport import BodySession, LoopbackTransport
+from fedft.model.tiny import tiny_batch, tiny_task_model
+from fedft.split import SplitSpec, split_model, split_step
+
+pytestmark = pytest.mark.usefixtures("_one_thread")
 
 ACT_HEADER = 8 + 3 * 8  # header + (B, T, D) shape
 MASK_HEADER = 8 + 2 * 8  # header + (B, T) shape
 KINDS = [Kind.ACTIVATIONS_UP, Kind.ACTIVATIONS_DOWN, Kind.GRADS_UP, Kind.GRADS_DOWN]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are fastest on one thread; several spin-wait on a busy machine (10-100x)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---- codec -------------------------------------------------------------------------------------

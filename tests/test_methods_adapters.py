@@ -9,19 +9,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from fedft.config import MethodConfig
-from fedft.method_configs import S2FTOptions
 from fedft.methods import METHODS
 from fedft.methods.lora import backbone_targets
-from fedft.methods.s2ft import export_adapter, load_adapter
-from fedft.modeling import tiny_batch, tiny_task_model
+from fedft.methods.s2ft import S2FTOptions, export_adapter, load_adapter
+from fedft.model.tiny import tiny_batch, tiny_task_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("_one_thread")
 
 
 def _inputs(batch: dict) -> dict:
@@ -94,7 +87,7 @@ def test_ssf_trainable_count_matches_formula() -> None:
 @pytest.mark.parametrize("arch", ["vit", "llama"])
 def test_s2ft_changes_only_selected_rows_and_columns(arch: str) -> None:
     # Prepare
-    cfg = MethodConfig(name="s2ft", s2ft=S2FTOptions(rho_v=0.25, rho_o=0.25, rho_u=0.1, rho_d=0.1))
+    cfg = MethodConfig(name="s2ft", options=(("s2ft", S2FTOptions(rho_v=0.25, rho_o=0.25, rho_u=0.1, rho_d=0.1)),))
     model = tiny_task_model(arch, num_hidden_layers=2).train()
     method = METHODS.get("s2ft")(cfg)
     method.apply(model)
@@ -136,7 +129,8 @@ def test_prompt_tuning_equals_peft_prompt_tuning_on_a_causal_lm() -> None:
 
     from peft import PromptTuningConfig, TaskType
 
-    from fedft.modeling import backbone_from_config, build_task_model, tiny_batch, tiny_config
+    from fedft.model import build_task_model
+    from fedft.model.tiny import backbone_from_config, tiny_batch, tiny_config
 
     P = 3
     torch.manual_seed(0)

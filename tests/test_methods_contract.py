@@ -3,7 +3,8 @@
 For each name in ``METHODS.names()``: after ``apply`` and one optimizer step only the declared
 tensors (``update_keys``) change; the encoded update survives the wire codec and
 ``decode_update`` restores the travelling tensors in a fresh model; ``finalize`` keeps the
-outputs when the method says so (``finalize_keeps_outputs``).
+outputs when the method says so (``finalize_keeps_outputs``). Each method's options table
+(``[method.<name>]``, declared in its module) is reachable and validated through the config.
 """
 
 from __future__ import annotations
@@ -12,21 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from fedft.config import MethodConfig
+from fedft.body.codec import decode_many, encode_many, frame_nbytes
+from fedft.config import ExperimentConfig, MethodConfig
+from fedft.errors import ConfigError
 from fedft.methods import METHODS
-from fedft.modeling import tiny_batch, tiny_task_model
-from fedft.split.codec import decode_many, encode_many, frame_nbytes
+from fedft.model.tiny import tiny_batch, tiny_task_model
+
+pytestmark = pytest.mark.usefixtures("_one_thread")
 
 ARCHS = ("vit", "bert")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and far faster on a shared, loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def build(name: str, arch: str):
@@ -110,3 +105,38 @@ def test_finalize_keeps_its_promise(name: str, arch: str) -> None:
 def test_every_method_has_a_description() -> None:
     for name in METHODS.names():
         assert METHODS.get(name).description, name
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS.names() if METHODS.get(n).Options is not None])
+def test_options_table_is_reachable_from_the_config(name: str) -> None:
+    # Execute
+    cfg = ExperimentConfig.from_overrides([f"method.name={name}"]).method
+    method = METHODS.get(name)(cfg)
+    # Assert
+    assert isinstance(cfg.options_for(name), METHODS.get(name).Options)
+    assert method.name == name and method.options == METHODS.get(name).Options()
+
+
+def test_methods_without_options_have_none() -> None:
+    for name in ("full_ft", "linear_probe", "prompt_tuning"):
+        cls = METHODS.get(name)
+        assert cls.name == name and cls.Options is None
+        assert cls(MethodConfig(name=name)).options is None
+
+
+def test_a_set_option_reaches_the_method() -> None:
+    # Execute
+    cfg = ExperimentConfig.from_overrides(["method.name=antidote", "method.lora.rank=4"]).method
+    # Assert: Antidote trains with LoRA's table; its own table holds its defaults
+    assert cfg.options_for("lora").rank == 4
+    assert METHODS.get("antidote")(cfg).options == METHODS.get("antidote").Options()
+
+
+def test_unknown_option_key_is_named() -> None:
+    with pytest.raises(ConfigError, match="method.lora.rnk"):
+        ExperimentConfig.from_overrides(["method.name=lora", "method.lora.rnk=4"])
+
+
+def test_bad_option_value_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="method.lora.rank"):
+        ExperimentConfig.from_overrides(["method.name=lora", "method.lora.rank=0"])

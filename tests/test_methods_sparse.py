@@ -8,29 +8,23 @@ import numpy as np
 import pytest
 import torch
 
+from fedft.body.codec import decode, encode
 from fedft.config import MethodConfig
 from fedft.errors import ConfigError
-from fedft.method_configs import (
-    AntidoteOptions,
-    GreenTrainerOptions,
-    LightPEFTOptions,
-    LTSFTOptions,
-    WiseFTOptions,
-)
 from fedft.methods import METHODS
-from fedft.methods.greentrainer import backward_flops, knapsack_select
-from fedft.methods.light_peft import compact
-from fedft.methods.lt_sft import apply_diff
-from fedft.modeling import tiny_batch, tiny_task_model
-from fedft.split.codec import decode, encode
+from fedft.methods.antidote import AntidoteOptions
+from fedft.methods.greentrainer import GreenTrainerOptions, backward_flops, knapsack_select
+from fedft.methods.light_peft import LightPEFTOptions, compact
+from fedft.methods.lt_sft import LTSFTOptions, apply_diff
+from fedft.methods.wise_ft import WiseFTOptions
+from fedft.model.tiny import tiny_batch, tiny_task_model
+
+pytestmark = pytest.mark.usefixtures("_one_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _cfg(name: str, options) -> MethodConfig:
+    """The method config of ``name`` with its ``[method.<name>]`` table set to ``options``."""
+    return MethodConfig(name=name, options=((name, options),))
 
 
 def _train(model, batch, steps: int = 2, lr: float = 1e-2) -> None:
@@ -71,7 +65,7 @@ def test_hft_freezes_exactly_half_of_the_matrices_per_stage(arch: str) -> None:
 def test_lt_sft_diff_has_k_entries_and_diffs_compose() -> None:
     # Prepare
     k = 300
-    cfg = MethodConfig(name="lt_sft", lt_sft=LTSFTOptions(k=k))
+    cfg = _cfg("lt_sft", LTSFTOptions(k=k))
     model = tiny_task_model("bert", num_hidden_layers=2)
     method = METHODS.get("lt_sft")(cfg)
     method.apply(model)
@@ -108,7 +102,7 @@ def test_lt_sft_diff_has_k_entries_and_diffs_compose() -> None:
 
 def test_lt_sft_sparse_update_survives_the_wire() -> None:
     # Prepare
-    cfg = MethodConfig(name="lt_sft", lt_sft=LTSFTOptions(k=200))
+    cfg = _cfg("lt_sft", LTSFTOptions(k=200))
     model, fresh = tiny_task_model("vit", num_hidden_layers=2), tiny_task_model("vit", num_hidden_layers=2)
     method, other = METHODS.get("lt_sft")(cfg), METHODS.get("lt_sft")(cfg)
     method.apply(model)
@@ -132,7 +126,7 @@ def test_lt_sft_sparse_update_survives_the_wire() -> None:
 def test_greentrainer_backward_flops_within_rho() -> None:
     # Prepare
     rho = 0.5
-    cfg = MethodConfig(name="greentrainer", greentrainer=GreenTrainerOptions(rho=rho))
+    cfg = _cfg("greentrainer", GreenTrainerOptions(rho=rho))
     model = tiny_task_model("vit", num_hidden_layers=2)  # eval: the first-batch probe stays off
     method = METHODS.get("greentrainer")(cfg)
     method.apply(model)
@@ -171,7 +165,7 @@ def test_wise_ft_endpoints(alpha: float) -> None:
     opts = WiseFTOptions(alpha=alpha, interpolate_head=True, report=False)
     model = tiny_task_model("vit", num_hidden_layers=2)
     zero_shot = tiny_task_model("vit", num_hidden_layers=2)
-    method = METHODS.get("wise_ft")(MethodConfig(name="wise_ft", wise_ft=opts))
+    method = METHODS.get("wise_ft")(_cfg("wise_ft", opts))
     method.apply(model)
     batch = tiny_batch("vit")
     _train(model, batch)
@@ -188,7 +182,7 @@ def test_wise_ft_endpoints(alpha: float) -> None:
 def test_wise_ft_report_and_straggler_sparsity() -> None:
     opts = WiseFTOptions(alpha=1.0, sparsity=0.5, stragglers=1, sharpness_rho=1e-3)
     model = tiny_task_model("vit", num_hidden_layers=2)
-    method = METHODS.get("wise_ft")(MethodConfig(name="wise_ft", wise_ft=opts))
+    method = METHODS.get("wise_ft")(_cfg("wise_ft", opts))
     method.apply(model)
     _train(model, tiny_batch("vit"), steps=3)
     moved = {n: (p != method.zs[n]).sum().item() for n, p in model.named_parameters() if n in method.zs}
@@ -205,7 +199,7 @@ def test_wise_ft_report_and_straggler_sparsity() -> None:
 def test_antidote_removes_exactly_the_top_scored_weights() -> None:
     # Prepare
     ratio = 0.25
-    cfg = MethodConfig(name="antidote", antidote=AntidoteOptions(dense_ratio=ratio))
+    cfg = _cfg("antidote", AntidoteOptions(dense_ratio=ratio))
     model = tiny_task_model("bert", num_hidden_layers=2)
     method = METHODS.get("antidote")(cfg)
     method.apply(model)
@@ -232,7 +226,7 @@ def test_light_peft_prunes_then_compacts_without_changing_outputs() -> None:
     # Prepare
     opts = LightPEFTOptions(l1=1e-2, rho_attn=0.5, rho_ffn=0.25, rho_module=0.5, rho_rank=0.5)
     model = tiny_task_model("bert", num_hidden_layers=2)
-    method = METHODS.get("light_peft")(MethodConfig(name="light_peft", light_peft=opts))
+    method = METHODS.get("light_peft")(_cfg("light_peft", opts))
     method.apply(model)
     batch = tiny_batch("bert")
     _train(model, batch, steps=4)
@@ -259,7 +253,7 @@ def _pruned_sets(selection: str, seed: int = 0) -> tuple[dict, list[torch.Tensor
                             selection=selection, seed=seed)
     torch.manual_seed(0)
     model = tiny_task_model("bert", num_hidden_layers=2)
-    method = METHODS.get("light_peft")(MethodConfig(name="light_peft", light_peft=opts))
+    method = METHODS.get("light_peft")(_cfg("light_peft", opts))
     method.apply(model)
     _train(model, tiny_batch("bert"), steps=4)
     summary = method.prune(model)

@@ -1,10 +1,10 @@
-"""ReadoutNorm (fedft/modeling.py): batch statistics in training, and per-round exact averages."""
+"""ReadoutNorm (fedft/model/task.py): batch statistics in training, and per-round exact averages."""
 
 from __future__ import annotations
 
 import torch
 
-from fedft.modeling import ReadoutNorm
+from fedft.model import ReadoutNorm
 
 
 def test_round_average_is_the_exact_mean_of_batch_statistics():

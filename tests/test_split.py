@@ -9,13 +9,11 @@ import torch
 from torch import nn
 
 from fedft.accounting import CommLedger
-from fedft.modeling import TaskModel, backbone_from_config, build_task_model, tiny_config
-from fedft.modeling import tiny_batch as make_batch
+from fedft.body.transport import BodySession, LoopbackTransport
+from fedft.model import ARCHS, SoftPrompt, TaskModel, build_task_model
+from fedft.model.tiny import backbone_from_config, tiny_config
+from fedft.model.tiny import tiny_batch as make_batch
 from fedft.split import (
-    ARCHS,
-    BodySession,
-    LoopbackTransport,
-    SoftPrompt,
     SplitSpec,
     el2n_scores,
     local_step,
@@ -23,21 +21,14 @@ from fedft.split import (
     split_step,
 )
 
+pytestmark = pytest.mark.usefixtures("_one_thread")
+
 ARCH_NAMES = ["vit", "dinov2", "bert", "llama"]
 TEXT = ["bert", "llama"]
 SPLITS = [(0, 0), (1, 0), (0, 1), (1, 2), (2, 2)]
 PADDINGS = {"vit": ["none"], "dinov2": ["none"], "bert": ["none", "right"],
             "llama": ["none", "right", "left"]}
 CASES = [(a, p) for a in ARCH_NAMES for p in PADDINGS[a]]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are fastest on one thread; several spin-wait on a busy machine (10-100x)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class Tiny(NamedTuple):

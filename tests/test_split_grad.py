@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_split import ARCH_NAMES
 
 from fedft.accounting import CommLedger
-from fedft.modeling import TaskModel, tiny_batch, tiny_task_model
-from fedft.split import BodySession, LoopbackTransport, SplitSpec, local_step, split_model, split_step
+from fedft.body.transport import BodySession, LoopbackTransport
+from fedft.model import TaskModel
+from fedft.model.tiny import tiny_batch, tiny_task_model
+from fedft.split import SplitSpec, local_step, split_model, split_step
 
-ARCH_NAMES = ["vit", "dinov2", "bert", "llama"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are fastest on one thread; several spin-wait on a busy machine (10-100x)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("_one_thread")
 
 
 def grads(model: TaskModel) -> dict[str, torch.Tensor]:

@@ -16,21 +16,12 @@ import transformers
 from test_split import Tiny, hf_reference
 
 from fedft.errors import AssetError
-from fedft.modeling import build_task_model
+from fedft.model import build_task_model
 from fedft.split import SplitSpec, split_model
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("_one_thread")]
 
 SPECS = [SplitSpec(0, 0), SplitSpec(1, 2), SplitSpec(3, 3)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Several intra-op threads spin-wait on a busy machine; one is steady."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def asset(name: str) -> Path:

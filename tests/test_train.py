@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fedft.config import TrainConfig
-from fedft.modeling import tiny_batch, tiny_task_model
+from fedft.model.tiny import tiny_batch, tiny_task_model
 from fedft.train import PairedOptimizer, make_optimizer, set_lr_factor
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from fedft.accounting import CommLedger
+from fedft.body.client import BodyServiceError, GrpcTransport
+from fedft.body.service import start_body_service
 from fedft.deploy_config import SERVER_CERT, SERVER_KEY
-from fedft.federated.body_service import start_body_service
-from fedft.split.grpc_transport import BodyServiceError, GrpcTransport
 
 
 class Identity(torch.nn.Module):

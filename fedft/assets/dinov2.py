@@ -5,7 +5,7 @@ small convolutional decoder, which is dropped. Named initializers are already HF
 linear weights are anonymous ``MatMul`` initializers named after their node, stored (in, out);
 the position embeddings are two anonymous initializers picked by shape. Keys are written in the
 facebook/dinov2-small checkpoint layout (``attention.attention.query``), which every
-transformers version maps onto its own module names. Steps: offline-assets.md §4 M1.
+transformers version maps onto its own module names.
 """
 
 from __future__ import annotations

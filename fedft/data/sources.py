@@ -1,4 +1,4 @@
-"""Raw readers for the offline datasets (offline-assets.md §5).
+"""Raw readers for the offline datasets (the ``dataset`` entries of :mod:`fedft.assets.catalog`).
 
 Each reader takes the asset directory (``fedft.assets.asset_dir(name)``) and returns plain
 numpy arrays or Python lists in a deterministic order. None imports the package that carried

@@ -16,10 +16,11 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedft import keys
-from fedft.config import ExperimentConfig, merge, parse_overrides
+from fedft.config import ExperimentConfig
 from fedft.errors import ConfigError
 from fedft.federated.handlers import handle_hello, handle_train
 from fedft.outputs import RunDir, default_run_dir
+from fedft.strategies import STRATEGIES
 
 STATE = "fedft-state"
 CONFIG_FILE_KEY = "config-file"
@@ -60,22 +61,22 @@ def make_client_app() -> ClientApp:
 
     @app.query(keys.QUERY_HELLO)
     def hello(msg: Message, context: Context) -> Message:
-        return Message(content=handle_hello(int(context.node_config[keys.PARTITION_ID])), reply_to=msg)
+        node = context.node_config
+        return Message(content=handle_hello(int(node[keys.PARTITION_ID]), int(node.get(keys.NUM_PARTITIONS, -1))),
+                       reply_to=msg)
 
     return app
 
 
 def config_from_run_config(run_config: dict[str, Any], base_dir: Path) -> tuple[ExperimentConfig, str | None]:
-    """Flower run config -> (config, run dir).
+    """Flower run config -> (config, run dir): the one place the run config is parsed.
 
-    The app's ``[tool.flwr.app.config]`` declares every fedft key with the main job's values, so
-    the run config is a complete config. With ``config-file`` (relative to the app directory) the
-    file is the base instead, and only run-config values that differ from the app's declared
-    defaults override it. ``out`` is the run directory.
+    ``config-file`` (relative to the app directory; the main job by default) is the base, and the
+    run-config values that differ from the declared ones (:func:`fedft.flower_config.app_config`)
+    override it. Without ``config-file`` the run config is taken as a complete config. ``out`` is
+    the run directory.
     """
-    import tomllib
-
-    from fedft.config import build
+    from fedft.flower_config import app_config
 
     rc = {str(k): v for k, v in run_config.items()}
     path, out = rc.pop(CONFIG_FILE_KEY, ""), rc.pop(OUT_KEY, "")
@@ -85,15 +86,9 @@ def config_from_run_config(run_config: dict[str, Any], base_dir: Path) -> tuple[
     p = p if p.is_absolute() else base_dir / p
     if not p.is_file():
         raise ConfigError(f"run config {CONFIG_FILE_KEY}={path!r}: no such file under {base_dir}")
-    declared: dict[str, Any] = {}
-    pyproject = base_dir / "pyproject.toml"
-    if pyproject.is_file():
-        from fedft.config import flatten
-
-        app_cfg = tomllib.loads(pyproject.read_text()).get("tool", {}).get("flwr", {}).get("app", {})
-        declared = flatten(app_cfg.get("config", {}))
+    declared = app_config()
     changed = [f"{k}={v}" for k, v in rc.items() if declared.get(k) != v]
-    return build(ExperimentConfig, merge(tomllib.loads(p.read_text()), parse_overrides(changed))), (str(out) or None)
+    return ExperimentConfig.from_toml(p, changed), (str(out) or None)
 
 
 def make_server_app(jobs: list[tuple[ExperimentConfig, Path]] | None = None,
@@ -120,11 +115,7 @@ def make_server_app(jobs: list[tuple[ExperimentConfig, Path]] | None = None,
             run.write_config(c)
             srv = ServerRuntime(c, run)
             if resume:
-                from fedft.federated.checkpoint import load
-
-                ckpt = load(run.path)
-                if ckpt is not None:
-                    srv.resume_from(ckpt)
+                srv.resume_from_dir()
             summary = serve(grid, srv)
             summary["run_dir"] = str(run.path)
             run.write_summary(summary)
@@ -137,6 +128,4 @@ def make_server_app(jobs: list[tuple[ExperimentConfig, Path]] | None = None,
 
 
 def _configured(cfg: ExperimentConfig) -> ExperimentConfig:
-    from fedft.strategies import STRATEGIES
-
     return STRATEGIES.get(cfg.federation.strategy).configure(cfg)

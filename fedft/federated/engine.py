@@ -12,6 +12,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from fedft import keys
 from fedft.accounting import Direction, Phase
+from fedft.errors import FedftError
 from fedft.federated.handlers import handle_train
 from fedft.federated.loop import Dispatch, run_rounds
 from fedft.federated.records import from_arrays, record_content
@@ -61,28 +62,44 @@ def run_inprocess(srv: ServerRuntime, progress: bool = True) -> dict[str, Any]:
 
 
 def discover(grid: Any, srv: ServerRuntime, timeout: float = 600.0) -> dict[int, int]:
-    """Wait for the nodes, ask each its partition id (one ordinary Flower round trip); pid -> node id."""
+    """Wait for the nodes, ask each its partition id (one ordinary Flower round trip); pid -> node id.
+
+    A federation whose nodes were started for a different number of partitions (Flower's default
+    local simulation has 2 SuperNodes) stops the run at once with the setting to pass."""
     want = srv.cfg.partition.num_clients
     deadline = time.time() + timeout
-    while len(list(grid.get_node_ids())) < want:
+    while not list(grid.get_node_ids()):
         if time.time() > deadline:
-            raise TimeoutError(f"only {len(list(grid.get_node_ids()))} of {want} nodes connected")
+            raise TimeoutError(f"no node connected in {timeout:.0f} s")
         time.sleep(1.0)
-    msgs = []
-    for node in grid.get_node_ids():
-        content = RecordDict({keys.CONFIG: ConfigRecord({})})
-        msgs.append(Message(content=content, dst_node_id=node, message_type=f"{MessageType.QUERY}.{keys.QUERY_HELLO}"))
+    node_of = _hello(grid, srv, list(grid.get_node_ids()), want, timeout)
+    while len(node_of) < want and time.time() < deadline:
+        time.sleep(1.0)
+        new = [n for n in grid.get_node_ids() if n not in node_of.values()]
+        if new:
+            node_of.update(_hello(grid, srv, new, want, timeout))
+    missing = sorted(set(range(want)) - set(node_of))
+    if missing:
+        log.warning("no node serves partitions %s; they will count as failed clients", missing)
+    return node_of
+
+
+def _hello(grid: Any, srv: ServerRuntime, nodes: list[int], want: int, timeout: float) -> dict[int, int]:
+    msgs = [Message(content=RecordDict({keys.CONFIG: ConfigRecord({})}), dst_node_id=node,
+                    message_type=f"{MessageType.QUERY}.{keys.QUERY_HELLO}") for node in nodes]
     node_of: dict[int, int] = {}
     for rep in grid.send_and_receive(msgs, timeout=timeout):
         if rep.has_error():
             log.warning("node %s did not answer hello: %s", rep.metadata.src_node_id, rep.error.reason)
             continue
-        pid = int(rep.content[keys.METRICS][keys.PARTITION_ID])  # type: ignore[index, arg-type]
+        metrics = rep.content[keys.METRICS]
+        pid, total = int(metrics[keys.PARTITION_ID]), int(metrics.get(keys.NUM_PARTITIONS, -1))  # type: ignore[union-attr, arg-type]
+        if total not in (-1, want):
+            raise FedftError(f"the federation's nodes hold {total} partitions but partition.num_clients is {want}: "
+                             f"pass --federation-config 'num-supernodes={want} client-resources-num-cpus=1' "
+                             f"to flwr run, or --run-config 'partition.num-clients={total}'")
         record_content(srv.ledger, 0, str(pid), rep.content, Direction.UP, Phase.SETUP)
         node_of[pid] = rep.metadata.src_node_id
-    missing = sorted(set(range(want)) - set(node_of))
-    if missing:
-        log.warning("no node serves partitions %s; they will count as failed clients", missing)
     return node_of
 
 

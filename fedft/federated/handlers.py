@@ -37,6 +37,6 @@ def handle_train(content: RecordDict, pid: int, state: dict | None = None) -> Re
     return reply_content(update, metrics)
 
 
-def handle_hello(pid: int) -> RecordDict:
-    """Answer the server's first query with this node's partition id."""
-    return RecordDict({keys.METRICS: MetricRecord({keys.PARTITION_ID: pid})})
+def handle_hello(pid: int, num_partitions: int) -> RecordDict:
+    """Answer the server's first query with this node's partition id and partition count."""
+    return RecordDict({keys.METRICS: MetricRecord({keys.PARTITION_ID: pid, keys.NUM_PARTITIONS: num_partitions})})

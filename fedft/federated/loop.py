@@ -16,6 +16,7 @@ from typing import Any
 from flwr.app import RecordDict
 from tqdm.auto import tqdm
 
+from fedft import keys
 from fedft.federated.payload import numel
 from fedft.federated.records import train_content
 from fedft.federated.server import ClientResult, ServerRuntime
@@ -51,28 +52,21 @@ def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) ->
         srv.start_round(rnd)
         pids = srv.sample(rnd)
         before = srv.ledger.total()
-        if srv.info.sequential:  # SL: each client starts from the previous client's part
-            results = []
-            for pid in pids:
-                res = dispatch(rnd, [pid], train_content(srv.global_update, cfg, rnd, srv.round_extra()))[0]
-                if srv.accept(res):
-                    srv.hand_on(res)
-                results.append(res)
-        else:
-            results = dispatch(rnd, pids, train_content(srv.global_update, cfg, rnd, srv.round_extra()))
-            for res in results:
-                srv.accept(res)
-            srv.aggregate(results)
+        results = []
+        for group in srv.strategy.groups(pids):  # SL: one client at a time, each from the last one's part
+            replies = dispatch(rnd, group, train_content(srv.global_update, cfg, rnd, srv.round_extra()))
+            srv.strategy.combine(srv, rnd, replies)
+            results.extend(replies)
         srv.collect_service_ledger(rnd)
         good = [r for r in results if r.error is None]
-        round_client = sum(r.metrics.get("client-flops", 0.0) for r in good)
-        split_samples = sum(r.metrics.get("split-samples", 0.0) for r in good)
+        round_client = sum(r.metrics.get(keys.CLIENT_FLOPS, 0.0) for r in good)
+        split_samples = sum(r.metrics.get(keys.SPLIT_SAMPLES, 0.0) for r in good)
         round_server = split_samples * srv.body_flops_per_sample()
         client_flops, server_flops = client_flops + round_client, server_flops + round_server
         row: dict[str, Any] = {
             "round": rnd, "clients": len(good), "failed": len(results) - len(good),
-            "kept_samples": int(sum(r.metrics.get("num-kept", 0) for r in good)),
-            "train_loss": _mean([r.metrics.get("train-loss", 0.0) for r in good]),
+            "kept_samples": int(sum(r.metrics.get(keys.NUM_KEPT, 0) for r in good)),
+            "train_loss": _mean([r.metrics.get(keys.TRAIN_LOSS, 0.0) for r in good]),
             "bytes_round": srv.ledger.total() - before, "bytes_cumulative": srv.ledger.total(),
             "client_flops": round_client, "server_flops": round_server,
         }
@@ -108,6 +102,7 @@ def summarize(srv: ServerRuntime, result: Any, client_flops: float, server_flops
     cfg = srv.cfg
     return {
         "strategy": cfg.federation.strategy,
+        "aggregator": cfg.federation.aggregator,
         "method": cfg.method.name,
         "model": cfg.model.name,
         "dataset": cfg.data.name,

@@ -1,11 +1,11 @@
 """The server side of a federated run: global state, body service, aggregation and evaluation.
 
 The server holds the whole pre-trained model. For split strategies it serves the body over the
-gRPC body service (frozen and shared for SFPrompt; trainable for SL / SplitFed) and keeps the
-global client-side state (prompts + tail, or head + tail); for FL strategies the global state is
-every tensor the method trains. The server's model is the source of truth: each round's download
-is cut from it (:mod:`fedft.federated.payload`), and the FedAvg of the uploads (weighted by the
-configured count, per tensor over its senders, masked for sparse pairs) is decoded into it.
+gRPC body service (in the strategy's body mode) and keeps the global client-side state (prompts
++ tail, or head + tail); for FL strategies the global state is every tensor the method trains.
+The server's model is the source of truth: each round's download is cut from it
+(:mod:`fedft.federated.payload`), and the aggregator's combination of the accepted uploads
+(:mod:`fedft.federated.aggregators`, weighted by the strategy) is decoded into it.
 """
 
 from __future__ import annotations
@@ -17,20 +17,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedft import keys
 from fedft.accounting import CommLedger, Phase
 from fedft.config import ExperimentConfig
 from fedft.data.datasets import encode, load_raw
 from fedft.data.partition import save_partitions
 from fedft.errors import FedftError
-from fedft.federated.aggregation import Update, aggregate
+from fedft.federated.aggregation import Update
+from fedft.federated.aggregators import Aggregator
 from fedft.federated.checkpoint import Checkpoint
-from fedft.federated.client import partitions_for
-from fedft.federated.payload import check_upload, download, receive
+from fedft.federated.client import partitions_for, split_parts, strategy_for
+from fedft.federated.payload import check_upload, download, extra_buffers, receive
 from fedft.flops import FlopsMeter
 from fedft.methods.base import state_tensors
+from fedft.model import build_model
 from fedft.outputs import PARTITIONS, RunDir
-from fedft.split import SplitSpec, split_model
-from fedft.strategies import STRATEGIES
 from fedft.train import EvalResult, evaluate, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,9 @@ class ServerRuntime:
     """Everything the server keeps for one run."""
 
     def __init__(self, cfg: ExperimentConfig, run: RunDir) -> None:
-        from fedft.central import build_model
-
         self.cfg, self.run = cfg, run
-        self.info = STRATEGIES.get(cfg.federation.strategy)
+        self.strategy = strategy_for(cfg)
+        self.aggregator = Aggregator.for_config(cfg)
         raw = load_raw(cfg.data, cfg.seed)
         self.model, self.method, pre = build_model(cfg, raw.num_labels)
         self.test = encode(raw, "test", pre, cfg.data.max_length)
@@ -61,11 +61,7 @@ class ServerRuntime:
         self.partitions = partitions_for(cfg, labels)
         save_partitions(run.file(PARTITIONS), self.partitions, labels,
                         {"scheme": cfg.partition.scheme, "seed": cfg.seed, "alpha": cfg.partition.alpha})
-        self.parts = None
-        if self.info.family == "split":
-            self.parts = split_model(self.model, SplitSpec(cfg.split.head_blocks, cfg.split.tail_blocks))
-            if self.info.train_tail:
-                self.parts.unfreeze_tail_blocks()
+        self.parts = split_parts(cfg, self.model)
         self.global_update: Update = {}
         self._cut()
         self.ledger = CommLedger()
@@ -107,7 +103,7 @@ class ServerRuntime:
         """Serve the body (split strategies only); frozen for SFPrompt, trainable for SL/SFL."""
         if self.parts is None:
             return
-        from fedft.federated.body_service import new_token, start_body_service
+        from fedft.body.service import new_token, start_body_service
 
         train_cfg = self.cfg.train
 
@@ -115,11 +111,11 @@ class ServerRuntime:
             holder = torch.nn.ParameterList(params)
             return make_optimizer(holder, train_cfg)
 
-        if self.info.body_mode == "frozen":
+        if self.strategy.body_mode == "frozen":
             self.parts.freeze_body()
         self.service = start_body_service(
-            self.parts.body, token=new_token(), mode=self.info.body_mode,
-            make_optimizer=None if self.info.body_mode == "frozen" else make_opt,
+            self.parts.body, token=new_token(), mode=self.strategy.body_mode,
+            make_optimizer=None if self.strategy.body_mode == "frozen" else make_opt,
             host=host, port=port, tls=tls, max_workers=max(8, self.cfg.partition.num_clients),
         )
         if self._pending_optimizer is not None:
@@ -130,11 +126,19 @@ class ServerRuntime:
 
     def checkpoint(self, round: int, counters: dict[str, float]) -> Checkpoint:
         """What a resumed run needs after ``round`` (see :mod:`fedft.federated.checkpoint`)."""
-        trains_body = self.parts is not None and self.info.body_mode != "frozen"
+        trains_body = self.parts is not None and self.strategy.body_mode != "frozen"
         body = ({k: v.detach().numpy().copy() for k, v in self.parts.body.state_dict().items()}  # type: ignore[union-attr]
                 if trains_body else None)
         opt = self.service.service.optimizer_state() if trains_body and self.service is not None else None
         return Checkpoint(round, dict(self.global_update), body, opt, CommLedger(self.ledger.events), counters)
+
+    def resume_from_dir(self) -> None:
+        """Restore the run directory's last checkpoint, if it has one."""
+        from fedft.federated.checkpoint import load
+
+        ckpt = load(self.run.path)
+        if ckpt is not None:
+            self.resume_from(ckpt)
 
     def resume_from(self, ckpt: Checkpoint) -> None:
         """Restore the state saved after round ``ckpt.round`` (before the body service starts)."""
@@ -151,8 +155,6 @@ class ServerRuntime:
 
     def round_extra(self) -> dict[str, str | int | bytes]:
         """Per-round config entries for clients: where the body service is and its token."""
-        from fedft import keys
-
         if self.service is None:
             return {}
         extra: dict[str, str | int | bytes] = {keys.BODY_ADDRESS: self.service.address,
@@ -176,35 +178,30 @@ class ServerRuntime:
         n, k = self.cfg.partition.num_clients, self.cfg.federation.clients_per_round
         rng = np.random.default_rng([self.cfg.seed, round, 7])
         pids = np.arange(n) if k == 0 or k >= n else rng.choice(n, size=k, replace=False)
-        if self.info.sequential:  # SL: a random order each round
-            return [int(p) for p in rng.permutation(pids)]
-        return sorted(int(p) for p in pids)
+        return self.strategy.order([int(p) for p in pids], rng)
 
     def accept(self, res: ClientResult) -> bool:
         """Validate one reply against the expected update; a bad one is dropped, not fatal."""
         if res.error is None and res.update is not None:
             res.error = check_upload(res.update, self.model, self.allowed)
-        if res.error is None and not res.metrics.get("num-examples", 0) > 0:
-            res.error = "reply has no positive num-examples"
+        if res.error is None and not res.metrics.get(keys.NUM_EXAMPLES, 0) > 0:
+            res.error = f"reply has no positive {keys.NUM_EXAMPLES}"
         if res.error is not None:
             log.warning("round: dropping client %s: %s", res.pid, res.error)
             return False
         return True
 
-    def weight(self, res: ClientResult) -> float:
-        w = self.cfg.method.sfprompt.agg_weighting
-        if w == "uniform":
-            return 1.0
-        return float(res.metrics["num-kept" if w == "n_kept" else "num-examples"])
-
-    def aggregate(self, results: list[ClientResult]) -> None:
-        """FedAvg of the accepted updates; with none accepted the global state stays."""
+    def aggregate(self, round: int, results: list[ClientResult]) -> None:
+        """The aggregator's combination of the accepted updates, weighted by the strategy; with
+        none accepted the global state stays."""
         good = [r for r in results if r.error is None]
         if good:
-            receive(self.method, self.model, aggregate([r.update for r in good], [self.weight(r) for r in good]))  # type: ignore[misc]
+            triples = [(r.pid, r.update, self.strategy.weight(r.metrics)) for r in good]
+            stats = extra_buffers(self.model)
+            receive(self.method, self.model, self.aggregator.aggregate(round, self.global_update, triples, stats))  # type: ignore[arg-type]
             self._cut()
-        if self.service is not None and self.info.body_mode == "per_client":
-            weights = {str(r.pid): self.weight(r) for r in good}
+        if self.service is not None and self.strategy.body_mode == "per_client":
+            weights = {str(r.pid): self.strategy.weight(r.metrics) for r in good}
             if weights:
                 self.service.service.aggregate(weights)
             else:
@@ -242,3 +239,4 @@ class ServerRuntime:
     def evaluate(self) -> EvalResult:
         """Global client-side state + the server's body on the test split."""
         return evaluate(self.model, self.test, self.cfg.train.eval_batch_size)
+

@@ -13,6 +13,6 @@ from fedft.methods import prompt_tuning as prompt_tuning  # noqa: F401
 from fedft.methods import s2ft as s2ft  # noqa: F401
 from fedft.methods import ssf as ssf  # noqa: F401
 from fedft.methods import wise_ft as wise_ft  # noqa: F401
-from fedft.methods.base import METHODS, BaseMethod
+from fedft.methods.base import METHODS, BaseMethod, register_method
 
-__all__ = ["METHODS", "BaseMethod"]
+__all__ = ["METHODS", "BaseMethod", "register_method"]

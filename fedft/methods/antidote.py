@@ -1,8 +1,8 @@
 """Antidote: after fine-tuning, prune the weights with the highest Wanda scores on harmful data.
 
 Huang et al., "Antidote: Post-fine-tuning Safety Alignment for Large Language Models against
-Harmful Fine-tuning", 2024, https://arxiv.org/abs/2408.09600, github git-disl/Antidote (spec
-section 9).
+Harmful Fine-tuning", 2024, https://arxiv.org/abs/2408.09600, github git-disl/Antidote; see
+docs/methods.md.
 
 Training is LoRA (``method.lora`` options; the paper uses q/k/v) or, with ``base = "full"``,
 full fine-tuning. ``finalize`` runs the one-shot realignment: layer by layer (block order), a
@@ -24,28 +24,42 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from fedft.method_configs import parse_roles
-from fedft.methods.base import METHODS, BaseMethod, block_linears, freeze_all, unfreeze
+from fedft.errors import check
+from fedft.methods.base import BaseMethod, block_linears, freeze_all, parse_roles, register_method, unfreeze
 from fedft.methods.lora import inject_lora
 
 log = logging.getLogger(__name__)
 MAX_CALIBRATION = 32
 
 
-@METHODS.register("antidote")
+@dataclass(frozen=True)
+class AntidoteOptions:
+    """``[method.antidote]``: LoRA (or full) fine-tuning, then prune the top-Wanda-scored weights.
+    The LoRA settings are ``[method.lora]``'s."""
+
+    base: Literal["lora", "full"] = "lora"  # [paper] LoRA fine-tuning
+    dense_ratio: float = 0.1  # r: fraction pruned per output row
+    harmful_label: int = 0  # [D] calibration = training samples of this class (a harmful proxy)
+
+    def __post_init__(self) -> None:
+        check(0 <= self.dense_ratio < 1, "method.antidote.dense_ratio", "a float in [0, 1)")
+
+
+@register_method("antidote", AntidoteOptions)
 class Antidote(BaseMethod):
     description = "LoRA fine-tuning, then prune the top Wanda-scored adapter weights on a harmful set"
     finalize_keeps_outputs = False
 
     def apply(self, model: nn.Module) -> None:
         freeze_all(model)
-        if self.cfg.antidote.base == "lora":
-            o = self.cfg.lora
+        if self.options.base == "lora":
+            o = self.cfg.options_for("lora")
             inject_lora(model, parse_roles(o.targets, "method.lora.targets"), o.rank, o.alpha, o.dropout)
             for n, p in model.named_parameters():
                 p.requires_grad_("lora_" in n)
@@ -68,7 +82,7 @@ class Antidote(BaseMethod):
         batch = args[0]
         if not model.training or "labels" not in batch or batch["labels"].dim() != 1:
             return
-        rows = batch["labels"] == self.cfg.antidote.harmful_label
+        rows = batch["labels"] == self.options.harmful_label
         have = sum(len(b["labels"]) for b in self.calibration)
         if rows.any() and have < MAX_CALIBRATION:
             self.calibration.append({k: v[rows].detach() for k, v in batch.items()})
@@ -79,7 +93,7 @@ class Antidote(BaseMethod):
         out = []
         for roles in block_linears(model):
             names = [roles[r] for r in ("q", "k", "v") if r in roles]
-            if self.cfg.antidote.base == "lora":
+            if self.options.base == "lora":
                 names = [f"{n}.lora_{ab}.default" for n in names for ab in "AB" if f"{n}.lora_{ab}.default" in modules]
             out.append([(n, modules[n]) for n in names])
         return out
@@ -115,7 +129,7 @@ class Antidote(BaseMethod):
             norms = self.input_norms(model, layer, batches)
             for name, lin in layer:
                 score = lin.weight.abs() * norms[name][None, :]  # (out, in)
-                k = int(self.cfg.antidote.dense_ratio * score.shape[1])
+                k = int(self.options.dense_ratio * score.shape[1])
                 mask = torch.zeros_like(score, dtype=torch.bool)
                 if k:
                     mask.scatter_(1, torch.topk(score, k, dim=1).indices, True)
@@ -130,4 +144,4 @@ class Antidote(BaseMethod):
             self.realign(model, self.calibration)
         else:  # e.g. a federated server: the calibration batches stay on the clients
             log.warning("antidote: no calibration batches of class %d were seen here; nothing pruned",
-                        self.cfg.antidote.harmful_label)
+                        self.options.harmful_label)

@@ -4,23 +4,48 @@ A method changes a :class:`~fedft.modeling.TaskModel` in place (``apply``: freez
 then unfreeze or add its own tensors) and says which tensors travel in federated runs
 (``update_keys``, dense by default). Apply the method to the full model, then split it: the
 trainable tensors land in the right part without the method knowing about splitting.
+
+A method registers itself with :func:`register_method`, which also declares its options
+dataclass (the ``[method.<name>]`` table, validated in its ``__post_init__``); the dataclass lives
+in the method's module. Lists of module roles in options are comma-separated strings over
+:data:`ROLES` (see :func:`block_linears`), because the config parser casts scalars only.
+In the options, ``[paper]`` marks a default taken from the method's paper (or its released code)
+and ``[D]`` a default that is fedft's own choice; unmarked defaults are not attributed.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from fedft.config import MethodConfig
+from fedft.errors import check
+from fedft.options import register_options
 from fedft.registry import Registry
+
+#: the block-linear roles that options may name (``targets = "q,v"``)
+ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def parse_roles(text: str, name: str) -> tuple[str, ...]:
+    """``"q, v"`` -> ``("q", "v")``, each checked against :data:`ROLES`."""
+    roles = tuple(r.strip() for r in text.split(",") if r.strip())
+    check(bool(roles) and all(r in ROLES for r in roles), name,
+          f"a comma-separated list of {', '.join(ROLES)}")
+    return roles
 
 
 class BaseMethod:
     """Defaults for every hook; subclasses override ``apply`` and, where needed, the rest."""
 
+    #: the registered name (set by :func:`register_method`)
+    name: ClassVar[str] = ""
+    #: the options dataclass of ``[method.<name>]`` (None: the method has no options)
+    Options: ClassVar[type | None] = None
     description: ClassVar[str] = ""
     #: True when only the new task head trains, so frozen features can be computed once
     head_only: ClassVar[bool] = False
@@ -29,6 +54,8 @@ class BaseMethod:
 
     def __init__(self, cfg: MethodConfig) -> None:
         self.cfg = cfg
+        #: this method's options (``[method.<name>]`` as configured, else the defaults)
+        self.options: Any = cfg.options_for(self.name) if self.Options is not None else None
 
     def prompt_tokens(self) -> int:
         """Soft prompt tokens the task model must be built with (0: none)."""
@@ -98,6 +125,22 @@ def load_tensors(model: nn.Module, update: dict[str, np.ndarray]) -> None:
 
 
 METHODS: Registry[type[BaseMethod]] = Registry("method")
+
+M = TypeVar("M", bound=type[BaseMethod])
+
+
+def register_method(name: str, options: type | None = None) -> Callable[[M], M]:
+    """Class decorator: register a method under ``name`` in :data:`METHODS` and, when it has
+    ``options``, declare that dataclass as its ``[method.<name>]`` table."""
+
+    def deco(cls: M) -> M:
+        cls.name = name
+        cls.Options = options
+        if options is not None:
+            register_options("method", name, options)
+        return METHODS.register(name)(cls)
+
+    return deco
 
 
 def freeze_all(model: nn.Module) -> None:

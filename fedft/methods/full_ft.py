@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedft.methods.base import METHODS, BaseMethod
+from fedft.methods.base import BaseMethod, register_method
 
 
-@METHODS.register("full_ft")
+@register_method("full_ft")
 class FullFT(BaseMethod):
     description = "train every weight of the backbone and the new classifier"
 

@@ -1,8 +1,8 @@
 """GreenTrainer: choose the tensors to back-propagate into under a FLOPs budget rho.
 
 Huang et al., "Towards Green AI in Fine-tuning Large Language Models via Adaptive
-Backpropagation", ICLR 2024, https://arxiv.org/abs/2309.13192, github pittisl/GreenTrainer
-(spec section 5).
+Backpropagation", ICLR 2024, https://arxiv.org/abs/2309.13192, github pittisl/GreenTrainer;
+see docs/methods.md.
 
 Units are modules holding parameters directly (linears, norms, patch projection, embedding
 tokens, layer scales, classifier), input to output. Costs are **measured** with
@@ -32,14 +32,32 @@ model) includes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedft.errors import check
 from fedft.flops import counter
-from fedft.methods.base import METHODS, BaseMethod
+from fedft.methods.base import BaseMethod, register_method
+
+
+@dataclass(frozen=True)
+class GreenTrainerOptions:
+    """``[method.greentrainer]``: FLOPs budget ``rho`` of full fine-tuning, re-selected every
+    ``interval`` epochs."""
+
+    rho: float = 0.5
+    interval: int = 2  # epochs between selections
+    probe_lr: float = 1e-3
+    quant: int = 1000  # T_q: cost quantisation steps of the DP
+
+    def __post_init__(self) -> None:
+        check(0 < self.rho <= 1, "method.greentrainer.rho", "a float in (0, 1]")
+        check(self.interval >= 1, "method.greentrainer.interval", "an integer >= 1")
+        check(self.quant >= 10, "method.greentrainer.quant", "an integer >= 10")
 
 
 def units(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
@@ -155,7 +173,7 @@ def knapsack_select(imp: np.ndarray, a: np.ndarray, dw: np.ndarray, budget: floa
     return best_set
 
 
-@METHODS.register("greentrainer")
+@register_method("greentrainer", GreenTrainerOptions)
 class GreenTrainer(BaseMethod):
     description = "FLOPs-budgeted backprop: pick the most important tensors under rho of full-FT FLOPs"
 
@@ -176,7 +194,7 @@ class GreenTrainer(BaseMethod):
         return out
 
     def on_round_start(self, model: nn.Module, server_round: int) -> None:
-        if server_round > 1 and (server_round - 1) % self.cfg.greentrainer.interval == 0:
+        if server_round > 1 and (server_round - 1) % self.options.interval == 0:
             self.pending = True
 
     def _maybe_select(self, model: nn.Module, args: tuple) -> None:
@@ -191,7 +209,7 @@ class GreenTrainer(BaseMethod):
         _set(groups, [True] * len(groups))
         params = [p for ps in groups for p in ps]
         saved = [p.detach().clone() for p in params]
-        opt = torch.optim.AdamW(params, lr=self.cfg.greentrainer.probe_lr, weight_decay=0.0)
+        opt = torch.optim.AdamW(params, lr=self.options.probe_lr, weight_decay=0.0)
         model.loss(model(batch), batch).backward()
         opt.step()
         model.zero_grad(set_to_none=True)
@@ -225,10 +243,10 @@ class GreenTrainer(BaseMethod):
         full = backward_flops(model, probe)
         a = activation_costs(model, probe, [mods[u] for u, _ in self.units], dw)
         r = t_fp / max(full, 1)
-        rho_bp = self.cfg.greentrainer.rho * (1 + r) - r
+        rho_bp = self.options.rho * (1 + r) - r
         rho_bp = rho_bp if rho_bp > 0 else 0.05
         head = n - 1
-        chosen = knapsack_select(imp, a, dw, rho_bp * full, self.cfg.greentrainer.quant, head)
+        chosen = knapsack_select(imp, a, dw, rho_bp * full, self.options.quant, head)
         while True:  # measured check: drop the earliest selected unit while over budget
             _set(groups, [i in chosen for i in range(n)])
             got = backward_flops(model, probe)

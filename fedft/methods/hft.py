@@ -1,7 +1,7 @@
 """HFT: half fine-tuning, half of the parameter matrices of every block train per stage.
 
 Hui et al., "HFT: Half Fine-Tuning for Large Language Models", ACL 2025,
-https://arxiv.org/abs/2404.18466 (spec section 1).
+https://arxiv.org/abs/2404.18466; see docs/methods.md.
 
 Per stage a seeded draw selects, in every block, 2 of the 4 attention matrices {q, k, v, o};
 for a three-matrix FFN {gate, up, down} 1 of 3 in a random half of the layers and 2 of 3 in
@@ -23,10 +23,27 @@ identically on all clients (the seed is ``method.hft.seed`` plus the stage).
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 from torch import nn
 
-from fedft.methods.base import METHODS, BaseMethod, block_linears, freeze_all, unfreeze
+from fedft.config import MethodConfig
+from fedft.errors import check
+from fedft.methods.base import BaseMethod, block_linears, freeze_all, register_method, unfreeze
+
+
+@dataclass(frozen=True)
+class HFTOptions:
+    """``[method.hft]``: half fine-tuning, half of the block matrices train per stage."""
+
+    # [paper] 0 = one draw per stage (a stage is a whole run); k > 0 re-draws every k epochs
+    # (an ablation)
+    reselect_every_epochs: int = 0
+    seed: int = 0  # [D]
+
+    def __post_init__(self) -> None:
+        check(self.reselect_every_epochs >= 0, "method.hft.reselect_every_epochs", "an integer >= 0")
+
 
 _NORMS = ("layernorm_before", "layernorm_after", "norm1", "norm2", "input_layernorm",
           "post_attention_layernorm", "attention.output.LayerNorm", "output.LayerNorm")
@@ -56,11 +73,11 @@ def draw_selection(model: nn.Module, seed: int) -> list[str]:
     return chosen
 
 
-@METHODS.register("hft")
+@register_method("hft", HFTOptions)
 class HFT(BaseMethod):
     description = "half fine-tuning: a seeded half of each block's matrices trains per stage"
 
-    def __init__(self, cfg) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, cfg: MethodConfig) -> None:
         super().__init__(cfg)
         self.stage = 0
         self.selected: list[str] = []
@@ -68,13 +85,13 @@ class HFT(BaseMethod):
     def select(self, model: nn.Module, stage: int) -> None:
         """Draw stage ``stage``'s half and set ``requires_grad`` accordingly."""
         self.stage = stage
-        self.selected = draw_selection(model, self.cfg.hft.seed * 1000 + stage)
+        self.selected = draw_selection(model, self.options.seed * 1000 + stage)
         freeze_all(model)
         modules = dict(model.named_modules())
         unfreeze([modules[n] for n in self.selected] + [model.output_layer])
 
     def apply(self, model: nn.Module) -> None:
-        if self.cfg.hft.reselect_every_epochs:
+        if self.options.reselect_every_epochs:
             for p in model.parameters():  # the optimizer must hold every candidate
                 p.requires_grad_(True)
             self._pending = True
@@ -97,12 +114,12 @@ class HFT(BaseMethod):
     def update_keys(self, model: nn.Module) -> list[str]:
         """With re-selection the trained half changes between stages, so a federated round
         downloads every candidate (and uploads only the half trained this stage)."""
-        if self.cfg.hft.reselect_every_epochs:
+        if self.options.reselect_every_epochs:
             return sorted(n for n, _ in model.named_parameters())
         return super().update_keys(model)
 
     def on_round_start(self, model: nn.Module, server_round: int) -> None:
-        k = self.cfg.hft.reselect_every_epochs
+        k = self.options.reselect_every_epochs
         if k and server_round > 1 and (server_round - 1) % k == 0:
             self.stage += 1
             self._pending = True

@@ -1,8 +1,8 @@
 """Light-PEFT: early pruning of the foundation model (heads, FFN channels) and of LoRA.
 
 Gu et al., "Light-PEFT: Lightening Parameter-Efficient Fine-Tuning via Early Pruning",
-Findings of ACL 2024, https://arxiv.org/abs/2406.03792, github gccnlp/Light-PEFT (spec
-section 4).
+Findings of ACL 2024, https://arxiv.org/abs/2406.03792, github gccnlp/Light-PEFT; see
+docs/methods.md.
 
 Estimation (the first ``estimation_epochs`` epochs): LoRA (peft) on ``targets`` plus trainable
 masks ``lpeft_head_mask`` (H,) scaling each head's output (on the O projection's input) and
@@ -31,6 +31,7 @@ body needs the server.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,9 +40,42 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers.pytorch_utils import prune_linear_layer
 
-from fedft.method_configs import parse_roles
-from fedft.methods.base import METHODS, BaseMethod, block_linears, freeze_all, head_geometry, unfreeze
+from fedft.errors import check
+from fedft.methods.base import (
+    BaseMethod,
+    block_linears,
+    freeze_all,
+    head_geometry,
+    parse_roles,
+    register_method,
+    unfreeze,
+)
 from fedft.methods.lora import inject_lora
+
+
+@dataclass(frozen=True)
+class LightPEFTOptions:
+    """``[method.light_peft]``: estimation epochs with masks + LoRA, then structured early pruning."""
+
+    estimation_epochs: int = 1
+    l1: float = 1e-4
+    rho_attn: float = 1 / 3
+    rho_ffn: float = 1 / 3
+    rho_module: float = 0.75
+    rho_rank: float = 0.5
+    rank: int = 8
+    alpha: float = 16.0
+    targets: str = "q,k,v,o"
+    selection: str = "mask"  # [paper] "mask"; "random" is the paper's control (same counts, seeded)
+    seed: int = 0  # [D]
+
+    def __post_init__(self) -> None:
+        check(self.estimation_epochs >= 0, "method.light_peft.estimation_epochs", "an integer >= 0")
+        check(self.selection in ("mask", "random"), "method.light_peft.selection", '"mask" or "random"')
+        for k in ("rho_attn", "rho_ffn", "rho_module", "rho_rank"):
+            check(0 <= getattr(self, k) < 1, f"method.light_peft.{k}", "a float in [0, 1)")
+        check(self.rank >= 1, "method.light_peft.rank", "an integer >= 1")
+        parse_roles(self.targets, "method.light_peft.targets")
 
 
 def _scale_heads(m: nn.Module, args: tuple) -> tuple:
@@ -82,13 +116,13 @@ def compact(model: nn.Module) -> None:
             del m.lpeft_rank_mask
 
 
-@METHODS.register("light_peft")
+@register_method("light_peft", LightPEFTOptions)
 class LightPEFT(BaseMethod):
     description = "Light-PEFT: LoRA with masked early pruning of heads, FFN channels, LoRA modules and ranks"
     finalize_keeps_outputs = False
 
     def apply(self, model: nn.Module) -> None:
-        o = self.cfg.light_peft
+        o = self.options
         freeze_all(model)
         inject_lora(model, parse_roles(o.targets, "method.light_peft.targets"), o.rank, o.alpha)
         heads, _, _ = head_geometry(model)
@@ -140,7 +174,7 @@ class LightPEFT(BaseMethod):
         m.lora_B["default"].weight.register_post_accumulate_grad_hook(lambda p: rank_grad(p, 0, parts["B"]))
 
     def on_round_start(self, model: nn.Module, server_round: int) -> None:
-        if not self.pruned and server_round == self.cfg.light_peft.estimation_epochs + 1:
+        if not self.pruned and server_round == self.options.estimation_epochs + 1:
             self.prune(model)
 
     def _local_scores(self) -> bool:
@@ -165,7 +199,7 @@ class LightPEFT(BaseMethod):
         """Prune heads, FFN channels, LoRA modules and ranks (masked); returns the counts. With
         ``selection = "random"`` every score is replaced by a seeded uniform draw first: the
         control of the paper's ablation (the same counts, no estimate)."""
-        o = self.cfg.light_peft
+        o = self.options
         modules = dict(model.named_modules())
         layers = block_linears(model)
         if o.selection == "random":
@@ -206,7 +240,7 @@ class LightPEFT(BaseMethod):
 
     @torch.no_grad()
     def _randomise_scores(self, model: nn.Module, layers: list[dict[str, str]]) -> None:
-        g = torch.Generator().manual_seed(self.cfg.light_peft.seed)
+        g = torch.Generator().manual_seed(self.options.seed)
         modules = dict(model.named_modules())
         for roles in layers:
             for m in (modules[roles["o"]].lpeft_head_mask, modules[roles["down"]].lpeft_ffn_mask):

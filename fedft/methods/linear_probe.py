@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedft.methods.base import METHODS, BaseMethod, freeze_all, unfreeze
+from fedft.methods.base import BaseMethod, freeze_all, register_method, unfreeze
 
 
-@METHODS.register("linear_probe")
+@register_method("linear_probe")
 class LinearProbe(BaseMethod):
     description = "train only a new linear classifier on frozen features"
     head_only = True

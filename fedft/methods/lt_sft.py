@@ -1,7 +1,7 @@
 """LT-SFT: lottery-ticket sparse fine-tuning, a K-sparse diff over the pre-trained weights.
 
 Ansell et al., "Composable Sparse Fine-Tuning for Cross-Lingual Transfer", ACL 2022,
-https://arxiv.org/abs/2110.07560, github cambridgeltl/composable-sft (spec section 6).
+https://arxiv.org/abs/2110.07560, github cambridgeltl/composable-sft; see docs/methods.md.
 
 Phase 1 (the first ``phase1_epochs`` epochs): every maskable tensor (backbone weights, norms
 excluded by default as in the released scripts; not the unused pooler) and the head train.
@@ -27,13 +27,31 @@ Split strategies: phi is defined over whatever a client holds (its head and tail
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
 
-from fedft.methods.base import METHODS, BaseMethod, freeze_all, unfreeze
+from fedft.errors import check
+from fedft.methods.base import BaseMethod, freeze_all, register_method, unfreeze
 
 SparseDiff = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class LTSFTOptions:
+    """``[method.lt_sft]``: phase 1 dense for ``phase1_epochs``, then K-sparse phase 2."""
+
+    k: int = 0  # number of diff entries; 0 = use density
+    density: float = 0.01
+    phase1_epochs: int = 1
+    include_norms: bool = False  # [paper] norms excluded, as in the released scripts
+
+    def __post_init__(self) -> None:
+        check(self.k >= 0, "method.lt_sft.k", "an integer >= 0")
+        check(0 < self.density <= 1, "method.lt_sft.density", "a float in (0, 1]")
+        check(self.phase1_epochs >= 0, "method.lt_sft.phase1_epochs", "an integer >= 0")
 
 
 def maskable(model: nn.Module, norms: bool = False) -> dict[str, nn.Parameter]:
@@ -53,13 +71,13 @@ def apply_diff(model: nn.Module, diff: SparseDiff, scale: float = 1.0) -> None:
         flat.index_add_(0, torch.from_numpy(idx), torch.from_numpy(val).to(flat.dtype) * scale)
 
 
-@METHODS.register("lt_sft")
+@register_method("lt_sft", LTSFTOptions)
 class LTSFT(BaseMethod):
     description = "lottery-ticket sparse FT: dense phase, keep the K most-moved weights, rewind, sparse phase"
 
     def apply(self, model: nn.Module) -> None:
         freeze_all(model)
-        self.params = maskable(model, self.cfg.lt_sft.include_norms)
+        self.params = maskable(model, self.options.include_norms)
         for p in self.params.values():
             p.requires_grad_(True)
         unfreeze([model.output_layer])
@@ -72,12 +90,12 @@ class LTSFT(BaseMethod):
                 "phase": 1 if self.mask is None else 2}
 
     def budget(self) -> int:
-        o = self.cfg.lt_sft
+        o = self.options
         total = sum(p.numel() for p in self.params.values())
         return min(total, o.k or max(1, round(o.density * total)))
 
     def on_round_start(self, model: nn.Module, server_round: int) -> None:
-        if self.mask is None and server_round == self.cfg.lt_sft.phase1_epochs + 1:
+        if self.mask is None and server_round == self.options.phase1_epochs + 1:
             self.start_phase2(model)
 
     @torch.no_grad()

@@ -2,10 +2,10 @@
 
 Jia et al., "Visual Prompt Tuning", ECCV 2022, https://arxiv.org/abs/2203.12119; for text, Lester
 et al., "The Power of Scale for Parameter-Efficient Prompt Tuning", 2021. This is the trainable
-set of FL-Prompt and SFPrompt (spec sections 2.3 and 9): ``prompt_*`` tensors, the final norm
+set of FL-Prompt and SFPrompt (docs/sfprompt.md §1 and §8): ``prompt_*`` tensors, the final norm
 (pre-trained initialisation) and the classifier; everything else is frozen.
 
-The prompts are fedft's :class:`~fedft.split.prompts.SoftPrompt`, part of the task model, not a
+The prompts are fedft's :class:`~fedft.model.prompts.SoftPrompt`, part of the task model, not a
 peft ``PeftModel`` wrapper: a split must put them in the client's head, and VPT places them
 after the CLS token, which peft's prompt tuning (prepended virtual tokens, text models only)
 does not do. Where the two placements coincide (a model without CLS, e.g. Llama) the outputs
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedft.methods.base import METHODS, BaseMethod, freeze_all, unfreeze
+from fedft.methods.base import BaseMethod, freeze_all, register_method, unfreeze
 
 
-@METHODS.register("prompt_tuning")
+@register_method("prompt_tuning")
 class PromptTuning(BaseMethod):
     description = "learn soft prompt tokens (shallow or deep), the final norm and a new classifier"
 

@@ -1,8 +1,8 @@
 """S2FT: structured sparse fine-tuning of selected heads and FFN channels, computed densely.
 
 Yang et al., "S²FT: Efficient, Scalable and Generalizable LLM Fine-tuning by Structured
-Sparsity", NeurIPS 2024, https://arxiv.org/abs/2412.06289, github Infini-AI-Lab/S2FT (spec
-section 3).
+Sparsity", NeurIPS 2024, https://arxiv.org/abs/2412.06289, github Infini-AI-Lab/S2FT; see
+docs/methods.md.
 
 Selection [code]: uniform random global indices, seeded: ``rho_o`` of all L*H heads get
 trainable O-projection columns, ``rho_v`` of all L*KV key/value heads trainable V rows,
@@ -23,15 +23,33 @@ yes for client-held blocks; not for an embedding-only head or classifier-only ta
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedft.methods.base import METHODS, BaseMethod, block_linears, freeze_all, head_geometry, unfreeze
+from fedft.errors import check
+from fedft.methods.base import BaseMethod, block_linears, freeze_all, head_geometry, register_method, unfreeze
 
 _HOOK = "_s2ft_hook_handle"
+
+
+@dataclass(frozen=True)
+class S2FTOptions:
+    """``[method.s2ft]``: budgets as fractions of all heads (v rows, o columns) and FFN channels
+    (up rows, down columns)."""
+
+    rho_v: float = 0.0
+    rho_o: float = 0.1
+    rho_u: float = 0.0
+    rho_d: float = 0.05
+    seed: int = 0  # [D]
+
+    def __post_init__(self) -> None:
+        for k in ("rho_v", "rho_o", "rho_u", "rho_d"):
+            check(0 <= getattr(self, k) <= 1, f"method.s2ft.{k}", "a float in [0, 1]")
 
 
 def _s2ft_hook(m: nn.Module, inputs: Any, out: torch.Tensor) -> torch.Tensor:
@@ -95,12 +113,12 @@ def load_adapter(model: nn.Module, adapter: dict[str, np.ndarray], sign: float =
             w.index_add_(1, i, d.to(w.dtype))
 
 
-@METHODS.register("s2ft")
+@register_method("s2ft", S2FTOptions)
 class S2FT(BaseMethod):
     description = "structured sparse FT: dense updates of selected heads (o/v) and FFN channels (down/up)"
 
     def apply(self, model: nn.Module) -> None:
-        o = self.cfg.s2ft
+        o = self.options
         freeze_all(model)
         self.plan = select(model, {"v": o.rho_v, "o": o.rho_o, "u": o.rho_u, "d": o.rho_d}, o.seed)
         modules = dict(model.named_modules())

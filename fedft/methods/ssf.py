@@ -1,7 +1,7 @@
 """SSF: scale and shift every feature channel, ``y = gamma * x + beta``, then merge for inference.
 
 Lian et al., "Scaling & Shifting Your Features: A New Baseline for Efficient Model Tuning",
-NeurIPS 2022, https://arxiv.org/abs/2210.08823, github dongzelian/SSF (spec section 2).
+NeurIPS 2022, https://arxiv.org/abs/2210.08823, github dongzelian/SSF; see docs/methods.md.
 
 ``apply`` registers ``ssf_scale`` (C,) ~ N(1, std^2) and ``ssf_shift`` (C,) ~ N(0, std^2) on
 every backbone ``Linear``, ``Conv2d`` (patch projection) and ``LayerNorm`` (not RMSNorm, which
@@ -16,14 +16,28 @@ the head, body or tail with it, and FedAvg of (gamma, beta) is well defined.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from fedft.methods.base import METHODS, BaseMethod, freeze_all, unfreeze
+from fedft.errors import check
+from fedft.methods.base import BaseMethod, freeze_all, register_method, unfreeze
 
 _HOOK = "_ssf_hook_handle"
+
+
+@dataclass(frozen=True)
+class SSFOptions:
+    """``[method.ssf]``: per-channel scale and shift after every linear, norm and patch projection."""
+
+    init_std: float = 0.02
+    # [paper] also after LayerNorms (SSF follows every op; not RMSNorm: it cannot take a shift)
+    norms: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.init_std >= 0, "method.ssf.init_std", "a float >= 0")
 
 
 def _ssf_hook(module: nn.Module, inputs: Any, out: torch.Tensor) -> torch.Tensor:
@@ -66,12 +80,12 @@ def merge_ssf(model: nn.Module) -> int:
     return n
 
 
-@METHODS.register("ssf")
+@register_method("ssf", SSFOptions)
 class SSF(BaseMethod):
     description = "per-channel scale and shift after every op (SSF), merged into the weights after training"
 
     def apply(self, model: nn.Module) -> None:
-        o = self.cfg.ssf
+        o = self.options
         freeze_all(model)
         for _, m in ssf_targets(model, o.norms):
             c = _channels(m)

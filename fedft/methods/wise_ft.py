@@ -3,7 +3,7 @@
 Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022,
 https://arxiv.org/abs/2109.01903; Abdollahpoorrostam, "In Search of the Successful
 Interpolation: On the Role of Sharpness in CLIP Generalization", 2024,
-https://arxiv.org/abs/2410.16476 (spec section 8).
+https://arxiv.org/abs/2410.16476; see docs/methods.md.
 
 Training is full fine-tuning. ``finalize`` sets ``theta(alpha) = (1 - alpha) theta_zs + alpha
 theta_ft`` (alpha = 1 is the fine-tuned model) on the backbone; the new classifier has no
@@ -25,15 +25,39 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedft.methods.base import METHODS, BaseMethod
+from fedft.errors import check
+from fedft.methods.base import BaseMethod, register_method
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WiseFTOptions:
+    """``[method.wise_ft]``: theta(alpha) = (1 - alpha) theta_zs + alpha theta_ft; straggler report."""
+
+    alpha: float = 0.5
+    interpolate_head: bool = False  # [D] the new classifier has no zero-shot counterpart
+    report: bool = True
+    report_alphas: int = 5
+    report_batches: int = 2
+    sharpness_rho: float = 0.0  # > 0: also layer-wise adaptive sharpness (PGD)
+    stragglers: int = 2  # k top-barrier layers
+    sparsity: float = 0.0  # s: fraction of straggler entries zeroed (0 = off)
+    sparsify_target: Literal["delta", "weights_ft"] = "delta"
+    sparsify_criterion: Literal["magnitude", "random"] = "magnitude"
+
+    def __post_init__(self) -> None:
+        check(0 <= self.alpha <= 1, "method.wise_ft.alpha", "a float in [0, 1]")
+        check(self.report_alphas >= 2, "method.wise_ft.report_alphas", "an integer >= 2")
+        check(0 <= self.sparsity < 1, "method.wise_ft.sparsity", "a float in [0, 1)")
+        check(self.stragglers >= 0, "method.wise_ft.stragglers", "an integer >= 0")
 
 
 def layer_groups(model: nn.Module) -> dict[str, list[str]]:
@@ -100,14 +124,14 @@ def sharpness(model: nn.Module, batches: list[dict[str, Any]], names: list[str],
     return worst - l0
 
 
-@METHODS.register("wise_ft")
+@register_method("wise_ft", WiseFTOptions)
 class WiseFT(BaseMethod):
     description = "full FT, then WiSE-FT weight interpolation with alpha; straggler-layer report and sparsity"
     finalize_keeps_outputs = False
 
     def apply(self, model: nn.Module) -> None:
         model.requires_grad_(True)
-        o = self.cfg.wise_ft
+        o = self.options
         keep = lambda n: n.startswith("backbone.") or o.interpolate_head  # noqa: E731
         self.zs = {n: p.detach().clone() for n, p in model.named_parameters() if keep(n)}
         self.batches: list[dict[str, Any]] = []
@@ -115,9 +139,9 @@ class WiseFT(BaseMethod):
         model.register_forward_pre_hook(self._keep_batch)
 
     def _keep_batch(self, model: nn.Module, args: tuple) -> None:
-        if model.training and self.cfg.wise_ft.report:
+        if model.training and self.options.report:
             self.batches = (self.batches + [{k: v.detach() for k, v in args[0].items()}])[
-                -self.cfg.wise_ft.report_batches:]
+                -self.options.report_batches:]
 
     def describe(self) -> dict:
         import json
@@ -129,7 +153,7 @@ class WiseFT(BaseMethod):
 
     def straggler_report(self, model: nn.Module, ft: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Whole-path and per-layer barriers (and sharpness) of the current model's path."""
-        o, was = self.cfg.wise_ft, model.training
+        o, was = self.options, model.training
         model.eval()
         alphas = np.linspace(0, 1, o.report_alphas)
         groups = layer_groups(model)
@@ -155,7 +179,7 @@ class WiseFT(BaseMethod):
     @torch.no_grad()
     def sparsify(self, model: nn.Module, layers: list[str], ft: dict[str, torch.Tensor]) -> None:
         """Zero a fraction ``sparsity`` of the delta (or weights) of ``layers`` in ``ft``."""
-        o, g = self.cfg.wise_ft, torch.Generator().manual_seed(0)
+        o, g = self.options, torch.Generator().manual_seed(0)
         groups = layer_groups(model)
         for n in [n for layer in layers for n in groups[layer] if n in self.zs]:
             target = ft[n] - self.zs[n] if o.sparsify_target == "delta" else ft[n].clone()
@@ -168,7 +192,7 @@ class WiseFT(BaseMethod):
             ft[n] = self.zs[n] + target if o.sparsify_target == "delta" else target
 
     def finalize(self, model: nn.Module) -> None:
-        o = self.cfg.wise_ft
+        o = self.options
         ft = {n: p.detach().clone() for n, p in model.named_parameters() if n in self.zs}
         if o.report and self.batches:
             self.report = self.straggler_report(model, ft)

@@ -1,4 +1,4 @@
-"""``split_model``: cut a :class:`~fedft.modeling.TaskModel` into head, body and tail modules.
+"""``split_model``: cut a :class:`~fedft.model.task.TaskModel` into head, body and tail modules.
 
 The three parts hold the model's own submodules by reference (no copies), so an optimizer on
 the parts trains the model and vice versa. Boundaries are explicit tensors::
@@ -23,7 +23,7 @@ from torch import nn
 from fedft.split.spec import SplitSpec
 
 if TYPE_CHECKING:
-    from fedft.modeling import TaskModel
+    from fedft.model.task import TaskModel
 
 
 class _Part(nn.Module):
@@ -102,7 +102,7 @@ class SplitParts:
 
     def unfreeze_tail_blocks(self) -> None:
         """Make the tail's transformer blocks trainable (SFPrompt's tail with t >= 1 trains
-        whole; spec section 2.1). A no-op for t = 0."""
+        whole; docs/sfprompt.md §1). A no-op for t = 0."""
         for p in self.tail.blocks.parameters():
             p.requires_grad_(True)
 
@@ -116,7 +116,7 @@ def split_model(model: TaskModel, spec: SplitSpec) -> SplitParts:
     """Cut ``model`` at ``spec``; the parts share the model's submodules by reference.
 
     Raises ``ValueError`` when the blocks do not fit, for a CLS readout with no client block
-    (its output would not depend on the input, spec section 11 item 1) and for deep prompts.
+    (its output would not depend on the input; docs/sfprompt.md §1) and for deep prompts.
     """
     n_layers = model.n_layers
     head_r, body_r, tail_r = spec.ranges(n_layers)

@@ -1,6 +1,7 @@
 """The split training step, the body-free local step and EL2N scoring, shared by every strategy.
 
-``split_step`` is spec section 4.3 over a :class:`~fedft.split.transport.Transport`::
+``split_step`` runs one step over a :class:`~fedft.body.transport.Transport`, with the autograd
+graph cut at both boundaries so every tensor that crosses is explicit::
 
     h, mask = head(batch)                 # client
     z = transport.forward(h, mask)        # activations up, body on the server, activations down
@@ -27,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedft.accounting import Phase
+from fedft.body.transport import Transport
 from fedft.flops import FlopsMeter
 from fedft.split.parts import SplitParts
-from fedft.split.transport import Transport
 
 Batch = Mapping[str, Any]
 LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]

@@ -60,7 +60,7 @@ def load_backbone(cfg: ModelConfig, seed: int = 0) -> LoadedBackbone:
     source = resolve(cfg.name)
     causal = cfg.task == "causal_lm"
     if source.startswith("tiny-"):
-        from fedft.modeling import tiny_config
+        from fedft.model.tiny import tiny_config
 
         torch.manual_seed(seed)
         try:

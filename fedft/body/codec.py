@@ -12,7 +12,7 @@ Several frames may be concatenated into one message; each frame describes its ow
 from __future__ import annotations
 
 import struct
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -51,14 +51,22 @@ def frame_nbytes(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> int
     return HEADER_BYTES + DIM_BYTES * len(shape) + n * torch.empty((), dtype=dtype).element_size()
 
 
+def check_wire_dtype(name: object) -> WireDtype:
+    """Return ``name`` if it names a wire dtype (``fp32``, ``fp16``, ``bf16``), else raise ValueError.
+
+    The one check of a wire dtype name: the codec, both transports and the Open request of the
+    body service (:class:`fedft.body.spec.SessionSpec`, which exports it) all go through it.
+    """
+    if not isinstance(name, str) or name not in WIRE_DTYPES:
+        raise ValueError(f"unknown wire dtype {name!r}; use one of {sorted(WIRE_DTYPES)}")
+    return cast(WireDtype, name)
+
+
 def to_wire(t: torch.Tensor, wire: WireDtype | None) -> torch.Tensor:
     """Cast a floating tensor to the wire precision (no-op for integers or ``wire=None``)."""
     if wire is None or not t.is_floating_point():
         return t
-    try:
-        return t.to(WIRE_DTYPES[wire])
-    except KeyError:
-        raise ValueError(f"unknown wire dtype {wire!r}; use one of {sorted(WIRE_DTYPES)}") from None
+    return t.to(WIRE_DTYPES[check_wire_dtype(wire)])
 
 
 def encode(t: torch.Tensor, wire: WireDtype | None = None) -> bytes:

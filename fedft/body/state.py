@@ -1,8 +1,9 @@
 """Server-side state of the body service: body modes, sessions, body copies, reaper and FedAvg.
 
-Nothing here imports gRPC. A refused request raises :class:`ServiceError` carrying the name of a
-gRPC status code (``"INVALID_ARGUMENT"``, ``"NOT_FOUND"`` ...), which the service maps onto the
-wire. The three body modes follow the SplitFed definitions (``specs/sfprompt.md`` §9):
+Nothing here imports gRPC. A refused request raises :class:`~fedft.body.spec.ServiceError`
+carrying the name of a gRPC status code (``"INVALID_ARGUMENT"``, ``"NOT_FOUND"`` ...), which the
+service maps onto the wire. The three body modes follow the SplitFed definitions
+(Thapa et al., AAAI 2022; docs/sfprompt.md §8):
 
 * ``frozen``: one body, eval mode, no weight gradients; clients run concurrently (SFPrompt,
   SFL-Prompt).
@@ -15,29 +16,23 @@ wire. The three body modes follow the SplitFed definitions (``specs/sfprompt.md`
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 
 import torch
 from torch import nn
 
-from fedft import keys
 from fedft.accounting import CommLedger, Direction, Kind, Phase
-from fedft.split import codec
-from fedft.split.codec import WIRE_DTYPES, WireDtype
-from fedft.split.transport import BodySession
+from fedft.body.spec import DEFAULT_MAX_MESSAGE_BYTES, ServiceError, SessionSpec
+from fedft.body.transport import BodySession
 
 log = logging.getLogger(__name__)
 
 MakeOptimizer = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
-MASK_DTYPES = (torch.bool, torch.int64, torch.int32, torch.uint8)
-MAX_OPEN_BYTES = 4096
 THREAD_PREFIX = "fedft-body"  # names of the service threads (executor and reaper)
 
 
@@ -47,80 +42,6 @@ class BodyMode(StrEnum):
     FROZEN = "frozen"
     SHARED = "shared"
     PER_CLIENT = "per_client"
-
-
-class ServiceError(Exception):
-    """A request refused for one client: ``status`` names the gRPC status code."""
-
-    def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, " ".join(message.split())
-
-
-def invalid(message: str) -> ServiceError:
-    """An ``INVALID_ARGUMENT`` error."""
-    return ServiceError("INVALID_ARGUMENT", message)
-
-
-@dataclass(frozen=True)
-class SessionSpec:
-    """What a client negotiated at Open: who it is and the shape and precision of its tensors."""
-
-    client: str
-    round: int
-    phase: str
-    wire: WireDtype
-    T: int
-    D: int
-    max_batch: int
-
-    @classmethod
-    def from_json(cls, payload: bytes, max_message_bytes: int) -> SessionSpec:
-        """Parse and check an Open payload; raise ``INVALID_ARGUMENT`` naming the bad field."""
-        if len(payload) > MAX_OPEN_BYTES:
-            raise invalid(f"Open payload of {len(payload)} bytes exceeds {MAX_OPEN_BYTES} bytes")
-        try:
-            d = json.loads(payload)
-        except (UnicodeDecodeError, ValueError) as e:
-            raise invalid(f"Open payload is not JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise invalid("Open payload must be a JSON object")
-        need = [keys.BODY_OPEN_CLIENT, keys.BODY_OPEN_ROUND, keys.BODY_OPEN_PHASE,
-                keys.BODY_OPEN_WIRE, keys.BODY_OPEN_T, keys.BODY_OPEN_D, keys.BODY_OPEN_MAX_BATCH]
-        missing = [k for k in need if k not in d]
-        if missing:
-            raise invalid(f"Open payload lacks {missing}")
-        for k in need[3:]:
-            if k != keys.BODY_OPEN_WIRE and (type(d[k]) is not int or d[k] < 1):
-                raise invalid(f"Open field {k!r} must be a positive integer, got {d[k]!r}")
-        if type(d[keys.BODY_OPEN_ROUND]) is not int or d[keys.BODY_OPEN_ROUND] < 0:
-            raise invalid(f"Open field 'round' must be an integer >= 0, got {d['round']!r}")
-        wire, phase = d[keys.BODY_OPEN_WIRE], d[keys.BODY_OPEN_PHASE]
-        if not isinstance(wire, str) or wire not in WIRE_DTYPES:
-            raise invalid(f"wire dtype {wire!r} unknown; use {sorted(WIRE_DTYPES)}")
-        if not isinstance(phase, str) or phase not in {p.value for p in Phase}:
-            raise invalid(f"phase {d[keys.BODY_OPEN_PHASE]!r} unknown; use {sorted(Phase)}")
-        client = d[keys.BODY_OPEN_CLIENT]
-        if isinstance(client, bool) or not isinstance(client, str | int) or not 0 < len(str(client)) <= 256:
-            raise invalid(f"Open field 'client' must be a short non-empty string, got {client!r}")
-        spec = cls(str(client), d[keys.BODY_OPEN_ROUND], d[keys.BODY_OPEN_PHASE],
-                   d[keys.BODY_OPEN_WIRE], d[keys.BODY_OPEN_T], d[keys.BODY_OPEN_D],
-                   d[keys.BODY_OPEN_MAX_BATCH])
-        if spec.max_request_bytes > max_message_bytes:
-            raise invalid(f"max_batch x T x D = {spec.max_batch} x {spec.T} x {spec.D} needs "
-                          f"{spec.max_request_bytes} bytes per message; the service allows "
-                          f"{max_message_bytes}")
-        return spec
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return WIRE_DTYPES[self.wire]
-
-    @property
-    def max_request_bytes(self) -> int:
-        """Largest valid Forward request: a (max_batch, T, D) frame plus an int64 mask frame."""
-        return (codec.frame_nbytes((self.max_batch, self.T, self.D), self.dtype)
-                + codec.frame_nbytes((self.max_batch, self.T), torch.int64))
 
 
 class Replica:
@@ -243,7 +164,7 @@ class BodyState:
     def __init__(
         self, body: nn.Module, mode: BodyMode | str, make_optimizer: MakeOptimizer | None = None,
         *, session_ttl_s: float = 60.0, busy_timeout_s: float = 300.0,
-        max_message_bytes: int = 256 * 2**20,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.mode = BodyMode(mode)
         if self.mode is not BodyMode.FROZEN and make_optimizer is None:

@@ -6,8 +6,7 @@ readout, classifier or LM head). :func:`fedft.split.split_model` builds the head
 from these same methods, so the split and the unsplit model run the same code.
 
 Batches are dicts: images ``{"pixel_values", "labels"}``, text ``{"input_ids", "attention_mask",
-"labels"}``. ``tiny_config``, ``backbone_from_config``, ``tiny_task_model`` and ``tiny_batch``
-build small random models and synthetic batches for tests without touching the network.
+"labels"}``. Small random models and synthetic batches for tests are in :mod:`fedft.model.tiny`.
 """
 
 from __future__ import annotations
@@ -19,10 +18,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig
 
-from fedft.split.arch import ARCHS, Arch, arch_for
-from fedft.split.prompts import SoftPrompt
+from fedft.model.arch import Arch, arch_for
+from fedft.model.prompts import SoftPrompt
 
 Task = Literal["classification", "causal_lm"]
 Readout = Literal["mean", "cls", "tokens"]
@@ -227,75 +225,3 @@ def build_task_model(
     readout = readout or ("tokens" if task == "causal_lm" else "mean")
     norm = ReadoutNorm(dim) if readout_norm == "batchnorm" else None
     return TaskModel(base, arch, output, task=task, readout=readout, prompt=prompt, readout_norm=norm)
-
-
-_TINY: dict[str, dict[str, Any]] = {
-    "vit": dict(image_size=16, patch_size=4, intermediate_size=64),
-    "dinov2": dict(image_size=16, patch_size=4, mlp_ratio=2, layerscale_value=1.0),
-    "bert": dict(vocab_size=99, intermediate_size=64, max_position_embeddings=64),
-    "llama": dict(
-        vocab_size=99, intermediate_size=64, max_position_embeddings=64, num_key_value_heads=1,
-        pad_token_id=0, tie_word_embeddings=False,
-    ),
-}
-
-
-def tiny_config(model_type: str, **overrides: Any) -> PretrainedConfig:
-    """A tiny config (hidden 32, 4 layers, 2 heads, intermediate 64, vocab 99, 16 px / patch 4)."""
-    if model_type not in _TINY:
-        raise KeyError(f"no tiny config for {model_type!r}; valid: {', '.join(sorted(_TINY))}")
-    kwargs = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, **_TINY[model_type])
-    kwargs.update(overrides)
-    return AutoConfig.for_model(model_type, **kwargs)
-
-
-def arch_for_type(model_type: str) -> Arch:
-    """The adapter registered for a ``config.model_type``."""
-    return ARCHS.get(model_type)()
-
-
-def backbone_from_config(config: PretrainedConfig, task: Task = "classification") -> nn.Module:
-    """A randomly initialised model from a config (base model, or ``*ForCausalLM`` for LM)."""
-    factory = AutoModelForCausalLM if task == "causal_lm" else AutoModel
-    return factory.from_config(config)
-
-
-def tiny_task_model(
-    model_type: str, prompt_len: int = 0, readout: Readout | None = None, num_labels: int = 3,
-    seed: int = 0, deep_prompts: bool = False, **overrides: Any,
-) -> TaskModel:
-    """A seeded tiny :class:`TaskModel` in eval mode: llama as causal LM, the rest classify."""
-    torch.manual_seed(seed)
-    task: Task = "causal_lm" if model_type == "llama" else "classification"
-    hf = backbone_from_config(tiny_config(model_type, **overrides), task)
-    model = build_task_model(
-        hf, task, num_labels=num_labels, prompt_len=prompt_len, deep_prompts=deep_prompts,
-        readout=readout,
-    )
-    return model.eval()
-
-
-def tiny_batch(
-    model_type: str, batch_size: int = 3, seq_len: int = 8, padding: str = "none",
-    num_labels: int = 3, seed: int = 1,
-) -> dict[str, torch.Tensor]:
-    """A synthetic batch for :func:`tiny_task_model`: images (B, 3, 16, 16) or ids (B, T).
-
-    ``padding`` (text): ``none``, ``right`` or ``left``; rows 2 and 3 lose 3 and 5 tokens.
-    Causal LM labels are the ids with -100 at padding.
-    """
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, num_labels, (batch_size,), generator=g)
-    if arch_for_type(model_type).modality == "image":
-        return {"pixel_values": torch.randn(batch_size, 3, 16, 16, generator=g), "labels": labels}
-    ids = torch.randint(1, 99, (batch_size, seq_len), generator=g)
-    mask = torch.ones(batch_size, seq_len, dtype=torch.long)
-    if padding not in ("none", "right", "left"):
-        raise ValueError(f"padding must be none, right or left, got {padding!r}")
-    for i, n_pad in enumerate([0, 3, 5][:batch_size] if padding != "none" else []):
-        if n_pad:
-            mask[i, slice(seq_len - n_pad, None) if padding == "right" else slice(0, n_pad)] = 0
-    ids = ids.masked_fill(mask == 0, 0)
-    if model_type == "llama":
-        labels = ids.masked_fill(mask == 0, -100)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -5,7 +5,7 @@ A transport has two calls, mirroring the four messages of a U-split::
     z   = transport.forward(h, mask)   # activations up, activations down
     g_h = transport.backward(g_z)      # gradients up, gradients down
 
-Every tensor goes through the wire codec (:mod:`fedft.split.codec`), and the transport records
+Every tensor goes through the wire codec (:mod:`fedft.body.codec`), and the transport records
 ``len()`` of each encoded message in the ledger, so the bytes counted are the bytes sent. The
 server half of a step is a :class:`BodySession`, shared by the in-process transport below and by
 the gRPC body service.
@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from fedft.accounting import CommLedger, Kind, Phase
-from fedft.split import codec
-from fedft.split.codec import WireDtype
+from fedft.body import codec
+from fedft.body.codec import WireDtype
+from fedft.body.spec import check_wire_dtype
 
 
 class Transport(Protocol):
@@ -89,7 +90,8 @@ class LoopbackTransport:
         wire: WireDtype = "fp32",
     ) -> None:
         self.session, self.ledger = session, ledger
-        self.round, self.client, self.phase, self.wire = round, client, phase, wire
+        self.round, self.client, self.phase = round, client, phase
+        self.wire = check_wire_dtype(wire)
 
     def _send(self, kind: Kind, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         msg = codec.encode_many(tensors, self.wire)

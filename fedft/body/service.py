@@ -1,15 +1,17 @@
 """The body service: a grpcio server that holds the server-side body and runs split steps.
 
-The ServerApp starts it once per run (``platform/flower.md`` §9); each client's train handler
-opens a :class:`~fedft.split.grpc_transport.GrpcTransport` to it. Service ``fedft.Body`` has four
-unary methods with raw bytes in and out (generic handlers, no protobuf):
+The ServerApp starts it once per run, beside Flower, which carries only the per-round train
+messages; the per-batch split traffic goes here. Each client's train handler opens a
+:class:`~fedft.body.client.GrpcTransport` to it. Service ``fedft.Body`` has four unary methods
+with raw bytes in and out (generic handlers, no protobuf):
 
 * ``Open``: JSON ``{client, round, phase, wire, T, D, max_batch}`` -> JSON ``{session, mode, ttl_s}``
 * ``Forward``: codec frames ``h (B, T, D)`` [+ ``mask (B, T)``] -> frame ``z``
 * ``Backward``: frame ``grad_z`` -> frame ``grad_h``
 * ``Close``: empty -> JSON ``{steps}``
 
-The token and the session id travel in gRPC metadata (:mod:`fedft.keys`). A bad request fails for
+The token and the session id travel in gRPC metadata (:mod:`fedft.keys`); requests are checked
+against the negotiated :class:`~fedft.body.spec.SessionSpec`. A bad request fails for
 its caller only: ``UNAUTHENTICATED`` (token), ``NOT_FOUND`` (session), ``INVALID_ARGUMENT``
 (payload), ``FAILED_PRECONDITION`` (Backward before Forward), ``UNAVAILABLE`` (a shared body
 busy for too long), ``INTERNAL`` (anything else, logged). Sessions idle for longer than the TTL
@@ -24,7 +26,7 @@ import hmac
 import json
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,76 +36,23 @@ from torch import nn
 
 from fedft import keys
 from fedft.accounting import Direction, Kind, Phase
-from fedft.federated.body_state import (
-    MASK_DTYPES,
-    THREAD_PREFIX,
-    BodyMode,
-    BodyState,
-    MakeOptimizer,
+from fedft.body import codec
+from fedft.body.spec import (
+    DEFAULT_MAX_MESSAGE_BYTES,
     ServiceError,
-    Session,
     SessionSpec,
+    check_forward,
+    check_grad,
     invalid,
 )
-from fedft.split import codec
+from fedft.body.state import THREAD_PREFIX, BodyMode, BodyState, MakeOptimizer, Session
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
 
 
 def new_token() -> str:
     """A fresh per-run secret for the body service."""
     return secrets.token_urlsafe(32)
-
-
-def _finite(t: torch.Tensor) -> bool:
-    """True if no NaN or infinity: min and max propagate NaN, and one reduction is much faster
-    than ``isfinite(t).all()``, which allocates a boolean tensor."""
-    lo, hi = torch.aminmax(t)
-    return bool(torch.isfinite(lo) & torch.isfinite(hi))
-
-
-def check_forward(
-    tensors: Sequence[torch.Tensor], spec: SessionSpec
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Check a Forward request, frames ``h (B, T, D)`` and optional ``mask (B, T)``."""
-    if len(tensors) not in (1, 2):
-        raise invalid(f"Forward takes 1 or 2 frames (h [, mask]), got {len(tensors)}")
-    h = tensors[0]
-    if h.dtype != spec.dtype:
-        raise invalid(f"h has dtype {h.dtype}, the session negotiated {spec.wire} ({spec.dtype})")
-    shape = tuple(h.shape)
-    if len(shape) != 3 or not (1 <= shape[0] <= spec.max_batch) or shape[1:] != (spec.T, spec.D):
-        raise invalid(f"h has shape {shape}, expected (B <= {spec.max_batch}, {spec.T}, {spec.D})")
-    if not _finite(h):
-        raise invalid("h contains NaN or infinite values")
-    if len(tensors) == 1:
-        return h, None
-    mask = tensors[1]
-    if mask.dtype not in MASK_DTYPES:
-        raise invalid(f"mask has dtype {mask.dtype}, expected bool or an integer type")
-    if tuple(mask.shape) != shape[:2]:
-        raise invalid(f"mask has shape {tuple(mask.shape)}, expected {shape[:2]}")
-    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
-        raise invalid("mask values must be 0 or 1")
-    return h, mask
-
-
-def check_grad(
-    tensors: Sequence[torch.Tensor], spec: SessionSpec, out_shape: tuple[int, ...]
-) -> torch.Tensor:
-    """Check a Backward request: one frame shaped like the last Forward output."""
-    if len(tensors) != 1:
-        raise invalid(f"Backward takes 1 frame (grad), got {len(tensors)}")
-    g = tensors[0]
-    if g.dtype != spec.dtype:
-        raise invalid(f"grad has dtype {g.dtype}, the session negotiated {spec.wire} ({spec.dtype})")
-    if tuple(g.shape) != out_shape:
-        raise invalid(f"grad has shape {tuple(g.shape)}, the last Forward output was {out_shape}")
-    if not _finite(g):
-        raise invalid("grad contains NaN or infinite values")
-    return g
 
 
 class BodyService(BodyState):

@@ -1,15 +1,18 @@
-"""gRPC transport: the client side of the body service (:mod:`fedft.federated.body_service`).
+"""gRPC transport: the client side of the body service (:mod:`fedft.body.service`).
 
 One persistent channel per transport, opened inside a client's train handler so its autograd
-graph stays in memory (``platform/flower.md`` §9)::
+graph stays in memory between the Forward and Backward of a batch (Flower messages cannot
+carry it: in deployment each message runs in a new process)::
 
     with GrpcTransport(address, token, ledger, round=r, client=cid, T=75, D=384, max_batch=16) as tr:
         z = tr.forward(h, None)       # activations up, activations down
         g_h = tr.backward(g_z)        # gradients up, gradients down
 
-Messages are the same codec frames as :class:`~fedft.split.transport.LoopbackTransport` sends,
+Messages are the same codec frames as :class:`~fedft.body.transport.LoopbackTransport` sends,
 and the ledger gets ``len()`` of each request and reply of every completed call, so a step
-records the same bytes over both transports. Open and Close payloads are recorded as ``control``.
+records the same bytes over both transports. Open and Close payloads are recorded as ``control``;
+the Open payload is built by :meth:`fedft.body.spec.SessionSpec.to_json`, the definition the
+service parses it with.
 """
 
 from __future__ import annotations
@@ -23,13 +26,12 @@ import torch
 
 from fedft import keys
 from fedft.accounting import CommLedger, Direction, Kind, Phase
+from fedft.body import codec
+from fedft.body.codec import WireDtype
+from fedft.body.spec import DEFAULT_MAX_MESSAGE_BYTES, SessionSpec, check_wire_dtype
 from fedft.errors import FedftError
-from fedft.split import codec
-from fedft.split.codec import WireDtype
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
 
 
 class BodyServiceError(FedftError):
@@ -46,7 +48,7 @@ def method_path(name: str) -> str:
 
 
 class GrpcTransport:
-    """Client of the body service implementing the :class:`~fedft.split.transport.Transport` protocol.
+    """Client of the body service implementing the :class:`~fedft.body.transport.Transport` protocol.
 
     Args:
         address: ``host:port`` of the body service.
@@ -65,7 +67,8 @@ class GrpcTransport:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.address, self.ledger = address, ledger
-        self.round, self.client, self.phase, self.wire = round, str(client), str(phase), wire
+        self.round, self.client, self.phase = round, str(client), str(phase)
+        self.wire = check_wire_dtype(wire)
         self.T, self.D, self.max_batch = T, D, max_batch
         self.timeout_s = timeout_s
         self._token, self._roots, self._max = token, root_certificates, max_message_bytes
@@ -100,14 +103,15 @@ class GrpcTransport:
         self._metadata = ((keys.BODY_MD_TOKEN, self._token), (keys.BODY_MD_SESSION, self.session))
         return self.session
 
+    @property
+    def spec(self) -> SessionSpec:
+        """What this transport negotiates at Open: who this client is and the shapes."""
+        return SessionSpec(self.client, self.round, self.phase, self.wire, self.T, self.D,
+                           self.max_batch)
+
     def open_request(self) -> bytes:
-        """The JSON control payload of Open: who this client is and the negotiated shapes."""
-        return json.dumps({
-            keys.BODY_OPEN_CLIENT: self.client, keys.BODY_OPEN_ROUND: self.round,
-            keys.BODY_OPEN_PHASE: self.phase, keys.BODY_OPEN_WIRE: self.wire,
-            keys.BODY_OPEN_T: self.T, keys.BODY_OPEN_D: self.D,
-            keys.BODY_OPEN_MAX_BATCH: self.max_batch,
-        }).encode()
+        """The JSON control payload of Open (:meth:`SessionSpec.to_json`)."""
+        return self.spec.to_json()
 
     def close(self) -> None:
         """Close the session (tolerating one the server already reaped) and the channel."""

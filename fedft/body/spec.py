@@ -1,0 +1,172 @@
+"""The negotiated session spec of the body service: the one place where requests are checked.
+
+A client opens a session with a JSON Open payload ``{client, round, phase, wire, T, D,
+max_batch}``; :class:`SessionSpec` both builds it (:meth:`SessionSpec.to_json`, client side) and
+parses and checks it (:meth:`SessionSpec.from_json`, server side), from one table of fields.
+:func:`check_forward` and :func:`check_grad` check the tensors of each later call against it,
+and :func:`check_wire_dtype` is the one check of a wire dtype name. A refused request raises
+:class:`ServiceError` naming a gRPC status code, which the service maps onto the wire.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fedft import keys
+from fedft.accounting import Phase
+from fedft.body import codec
+from fedft.body.codec import WIRE_DTYPES, WireDtype, check_wire_dtype
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "MASK_DTYPES",
+    "MAX_OPEN_BYTES",
+    "OPEN_FIELDS",
+    "ServiceError",
+    "SessionSpec",
+    "check_forward",
+    "check_grad",
+    "check_wire_dtype",
+    "invalid",
+]
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20  # gRPC message cap of both the client and the service
+MASK_DTYPES = (torch.bool, torch.int64, torch.int32, torch.uint8)
+MAX_OPEN_BYTES = 4096
+
+#: SessionSpec attribute -> key of the Open payload, in field (and payload) order
+OPEN_FIELDS: dict[str, str] = {
+    "client": keys.BODY_OPEN_CLIENT, "round": keys.BODY_OPEN_ROUND,
+    "phase": keys.BODY_OPEN_PHASE, "wire": keys.BODY_OPEN_WIRE, "T": keys.BODY_OPEN_T,
+    "D": keys.BODY_OPEN_D, "max_batch": keys.BODY_OPEN_MAX_BATCH,
+}
+_POSITIVE = (keys.BODY_OPEN_T, keys.BODY_OPEN_D, keys.BODY_OPEN_MAX_BATCH)
+
+
+class ServiceError(Exception):
+    """A request refused for one client: ``status`` names the gRPC status code."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, " ".join(message.split())
+
+
+def invalid(message: str) -> ServiceError:
+    """An ``INVALID_ARGUMENT`` error."""
+    return ServiceError("INVALID_ARGUMENT", message)
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What a client negotiated at Open: who it is and the shape and precision of its tensors."""
+
+    client: str
+    round: int
+    phase: str
+    wire: WireDtype
+    T: int
+    D: int
+    max_batch: int
+
+    def to_json(self) -> bytes:
+        """The Open payload a client sends (no checks here: the service checks it)."""
+        return json.dumps({key: getattr(self, attr) for attr, key in OPEN_FIELDS.items()}).encode()
+
+    @classmethod
+    def from_json(cls, payload: bytes, max_message_bytes: int) -> SessionSpec:
+        """Parse and check an Open payload; raise ``INVALID_ARGUMENT`` naming the bad field."""
+        if len(payload) > MAX_OPEN_BYTES:
+            raise invalid(f"Open payload of {len(payload)} bytes exceeds {MAX_OPEN_BYTES} bytes")
+        try:
+            d = json.loads(payload)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise invalid(f"Open payload is not JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise invalid("Open payload must be a JSON object")
+        missing = [k for k in OPEN_FIELDS.values() if k not in d]
+        if missing:
+            raise invalid(f"Open payload lacks {missing}")
+        for k in _POSITIVE:
+            if type(d[k]) is not int or d[k] < 1:
+                raise invalid(f"Open field {k!r} must be a positive integer, got {d[k]!r}")
+        if type(d[keys.BODY_OPEN_ROUND]) is not int or d[keys.BODY_OPEN_ROUND] < 0:
+            raise invalid(f"Open field 'round' must be an integer >= 0, got {d['round']!r}")
+        try:
+            check_wire_dtype(d[keys.BODY_OPEN_WIRE])
+        except ValueError as e:
+            raise invalid(str(e)) from None
+        phase = d[keys.BODY_OPEN_PHASE]
+        if not isinstance(phase, str) or phase not in {p.value for p in Phase}:
+            raise invalid(f"phase {phase!r} unknown; use {sorted(Phase)}")
+        client = d[keys.BODY_OPEN_CLIENT]
+        if isinstance(client, bool) or not isinstance(client, str | int) or not 0 < len(str(client)) <= 256:
+            raise invalid(f"Open field 'client' must be a short non-empty string, got {client!r}")
+        spec = cls(**{**{attr: d[key] for attr, key in OPEN_FIELDS.items()}, "client": str(client)})
+        if spec.max_request_bytes > max_message_bytes:
+            raise invalid(f"max_batch x T x D = {spec.max_batch} x {spec.T} x {spec.D} needs "
+                          f"{spec.max_request_bytes} bytes per message; the service allows "
+                          f"{max_message_bytes}")
+        return spec
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return WIRE_DTYPES[self.wire]
+
+    @property
+    def max_request_bytes(self) -> int:
+        """Largest valid Forward request: a (max_batch, T, D) frame plus an int64 mask frame."""
+        return (codec.frame_nbytes((self.max_batch, self.T, self.D), self.dtype)
+                + codec.frame_nbytes((self.max_batch, self.T), torch.int64))
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """True if no NaN or infinity: min and max propagate NaN, and one reduction is much faster
+    than ``isfinite(t).all()``, which allocates a boolean tensor."""
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+def check_forward(
+    tensors: Sequence[torch.Tensor], spec: SessionSpec
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Check a Forward request, frames ``h (B, T, D)`` and optional ``mask (B, T)``."""
+    if len(tensors) not in (1, 2):
+        raise invalid(f"Forward takes 1 or 2 frames (h [, mask]), got {len(tensors)}")
+    h = tensors[0]
+    if h.dtype != spec.dtype:
+        raise invalid(f"h has dtype {h.dtype}, the session negotiated {spec.wire} ({spec.dtype})")
+    shape = tuple(h.shape)
+    if len(shape) != 3 or not (1 <= shape[0] <= spec.max_batch) or shape[1:] != (spec.T, spec.D):
+        raise invalid(f"h has shape {shape}, expected (B <= {spec.max_batch}, {spec.T}, {spec.D})")
+    if not _finite(h):
+        raise invalid("h contains NaN or infinite values")
+    if len(tensors) == 1:
+        return h, None
+    mask = tensors[1]
+    if mask.dtype not in MASK_DTYPES:
+        raise invalid(f"mask has dtype {mask.dtype}, expected bool or an integer type")
+    if tuple(mask.shape) != shape[:2]:
+        raise invalid(f"mask has shape {tuple(mask.shape)}, expected {shape[:2]}")
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        raise invalid("mask values must be 0 or 1")
+    return h, mask
+
+
+def check_grad(
+    tensors: Sequence[torch.Tensor], spec: SessionSpec, out_shape: tuple[int, ...]
+) -> torch.Tensor:
+    """Check a Backward request: one frame shaped like the last Forward output."""
+    if len(tensors) != 1:
+        raise invalid(f"Backward takes 1 frame (grad), got {len(tensors)}")
+    g = tensors[0]
+    if g.dtype != spec.dtype:
+        raise invalid(f"grad has dtype {g.dtype}, the session negotiated {spec.wire} ({spec.dtype})")
+    if tuple(g.shape) != out_shape:
+        raise invalid(f"grad has shape {tuple(g.shape)}, the last Forward output was {out_shape}")
+    if not _finite(g):
+        raise invalid("grad contains NaN or infinite values")
+    return g

@@ -1,0 +1,36 @@
+"""``build_model``: the configured backbone, fine-tuning method and task model of an experiment.
+
+Every training path (central, the federated client and server, evaluation) builds its model here,
+so they all start from the same weights for the same config and seed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fedft.config import ExperimentConfig
+from fedft.methods import METHODS, BaseMethod
+from fedft.model.loading import load_backbone, load_preprocessor
+from fedft.model.task import TaskModel, build_task_model
+
+
+def build_model(cfg: ExperimentConfig, num_labels: int) -> tuple[TaskModel, BaseMethod, Any]:
+    """Backbone + method + task model, and the model's own preprocessing."""
+    method = METHODS.get(cfg.method.name)(cfg.method)
+    bb = load_backbone(cfg.model, cfg.seed)
+    pre = load_preprocessor(bb, cfg.data)
+    torch.manual_seed(cfg.seed)
+    readout = None if cfg.model.task == "causal_lm" else cfg.model.readout
+    model = build_task_model(
+        bb.model, task=cfg.model.task, num_labels=num_labels, prompt_len=method.prompt_tokens(),
+        deep_prompts=method.deep_prompts(), readout=readout, prompt_dropout=cfg.method.prompt_dropout,
+        readout_norm=cfg.model.readout_norm if cfg.model.task == "classification" else "none",
+    )
+    method.apply(model)
+    if cfg.train.head_preconditioner == "kfac" and cfg.model.task == "classification":
+        from fedft.precondition import HeadStats
+
+        model.head_stats = HeadStats(model.output_layer.in_features)
+    return model, method, pre
