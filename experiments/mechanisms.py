@@ -123,7 +123,7 @@ def predictions(model: nn.Module, split: EncodedSplit, bs: int = 32) -> torch.Te
 
 def check_antidote() -> dict[str, Any]:
     cfg, model, method, _, _, test = train("mnist_antidote.toml")
-    harm = cfg.method.antidote.harmful_label
+    harm = cfg.method.options_for("antidote").harmful_label
     y = test.labels
 
     def rates() -> dict[str, float]:
@@ -229,7 +229,7 @@ def check_light_peft() -> dict[str, Any]:
 
         def watch(when: str, epoch: int, model: nn.Module, method: Any, test: EncodedSplit,
                   res: dict[str, Any] = res) -> None:
-            if epoch != method.cfg.light_peft.estimation_epochs + 1:
+            if epoch != method.options.estimation_epochs + 1:
                 return
             if when == "before":
                 masks = [p.detach() for n, p in model.named_parameters() if n.endswith("lpeft_ffn_mask")]

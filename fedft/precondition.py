@@ -1,10 +1,10 @@
 """Input-covariance preconditioning of the task head (the input factor of K-FAC).
 
 A linear classifier ``y = W x + b`` trained by SGD converges at a rate set by the conditioning
-of its inputs. Pooled ViT features are badly conditioned: on DINOv2-small / MNIST the top
-eigenvalue of the standardised feature covariance holds 55 % of the total variance and the
-median one is 2 % of the mean (``experiments/analyze_head_conditioning.py``), so a head trained
-for a few FedAvg rounds stalls far below what a converged linear probe reaches.
+of its inputs. Pooled ViT features are badly conditioned: a few eigenvalues of the standardised
+feature covariance dominate (experiments/reports/sfprompt.md §2, from
+``experiments/analyze_head_conditioning.py``), so a head trained for a few FedAvg rounds stalls
+far below what a converged linear probe reaches.
 
 The fix is the input factor of K-FAC (Martens & Grosse, "Optimizing Neural Networks with
 Kronecker-factored Approximate Curvature", ICML 2015, https://arxiv.org/abs/1503.05671): with

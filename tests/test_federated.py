@@ -22,7 +22,8 @@ TINY = [
     f"federation.rounds={ROUNDS}", "federation.engine=inprocess", f"train.batch_size={B}",
     "train.eval_batch_size=32", f"method.prompt_len={P}", "output.plots=false", "train.lr=0.01",
 ]
-FEDERATED = [n for n in STRATEGIES.names() if STRATEGIES.get(n).family != "central" and n != "fedavg"]
+FEDERATED = [n for n in STRATEGIES.names() if STRATEGIES.get(n).family != "central" and n != "fedavg"
+             and STRATEGIES.get(n).__module__.startswith("fedft.")]  # not the toy ones of test_plugins
 # tiny-vit: 16 px, patch 4 -> 16 patches + CLS; hidden 32; fp32
 N_PATCH, D, BETA, HEADER = 16, 32, 4, 8 + 3 * 8  # codec frame: 8-byte header + 8 bytes per dim
 NPY_HEADER = 128  # a float32 array's .npy v1.0 header for these small shapes (Flower's Array.data)

@@ -19,7 +19,8 @@ TINY = [
     "data.test_size=32", "partition.scheme=iid", "partition.num_clients=3", "partition.min_size=4",
     "federation.rounds=2", "train.batch_size=8", "method.prompt_len=4", "output.plots=true",
 ]
-FEDERATED = [n for n in STRATEGIES.names() if STRATEGIES.get(n).family != "central"]
+FEDERATED = [n for n in STRATEGIES.names() if STRATEGIES.get(n).family != "central"
+             and STRATEGIES.get(n).__module__.startswith("fedft.")]  # not the toy ones of test_plugins
 SPLIT_KINDS = ("params_down", "params_up", "activations_up", "activations_down", "grads_up", "grads_down")
 
 

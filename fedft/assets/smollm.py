@@ -1,10 +1,10 @@
 """Cache SmolLM2-135M-Instruct from its GGUF file as an fp32 safetensors HF directory.
 
 Loading the GGUF (Q4_1, dequantised to fp32 by transformers; needs ``gguf`` and
-``accelerate``) takes 20-25 s, and ``save_pretrained`` refuses a GGUF-flagged model. So the
-config is copied without ``quantization_config``, a fresh ``LlamaForCausalLM`` takes over the
-dequantised state dict, and it is saved with the GGUF's tokenizer and chat template. Reloading
-the directory takes about 0.1 s.
+``accelerate``) is slow, and ``save_pretrained`` refuses a GGUF-flagged model. So the config is
+copied without ``quantization_config``, a fresh ``LlamaForCausalLM`` takes over the dequantised
+state dict, and it is saved with the GGUF's tokenizer and chat template; the directory then
+reloads quickly.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Federated orchestration: the body service (per-batch split traffic) and, later, the Flower apps."""
+"""Federated orchestration: the Flower apps and engines, the round loop, payloads and aggregation."""

@@ -52,11 +52,7 @@ def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) ->
         srv.start_round(rnd)
         pids = srv.sample(rnd)
         before = srv.ledger.total()
-        results = []
-        for group in srv.strategy.groups(pids):  # SL: one client at a time, each from the last one's part
-            replies = dispatch(rnd, group, train_content(srv.global_update, cfg, rnd, srv.round_extra()))
-            srv.strategy.combine(srv, rnd, replies)
-            results.extend(replies)
+        results = _train_round(srv, dispatch, rnd, pids)
         srv.collect_service_ledger(rnd)
         good = [r for r in results if r.error is None]
         round_client = sum(r.metrics.get(keys.CLIENT_FLOPS, 0.0) for r in good)
@@ -91,6 +87,17 @@ def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) ->
     if cfg.output.plots:
         write_plots(srv)
     return summary
+
+
+def _train_round(srv: ServerRuntime, dispatch: Dispatch, rnd: int, pids: list[int]) -> list[ClientResult]:
+    """Dispatch each group of the strategy (SL: one client at a time, each from the last one's
+    part) and let the strategy combine its replies."""
+    results = []
+    for group in srv.strategy.groups(pids):
+        replies = dispatch(rnd, group, train_content(srv.global_update, srv.cfg, rnd, srv.round_extra()))
+        srv.strategy.combine(srv, rnd, replies)
+        results.extend(replies)
+    return results
 
 
 def _mean(xs: list[float]) -> float:

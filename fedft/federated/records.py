@@ -12,8 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from fedft import keys
 from fedft.accounting import CommLedger, Direction, Kind, Phase
 from fedft.config import ExperimentConfig, OutputConfig, to_toml
-
-Update = dict[str, np.ndarray]
+from fedft.federated.aggregation import Update
 
 
 def to_arrays(update: Update) -> ArrayRecord:

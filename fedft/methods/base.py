@@ -1,6 +1,6 @@
 """The fine-tuning method interface and its registry.
 
-A method changes a :class:`~fedft.modeling.TaskModel` in place (``apply``: freeze everything,
+A method changes a :class:`~fedft.model.TaskModel` in place (``apply``: freeze everything,
 then unfreeze or add its own tensors) and says which tensors travel in federated runs
 (``update_keys``, dense by default). Apply the method to the full model, then split it: the
 trainable tensors land in the right part without the method knowing about splitting.
