@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedft.config import ExperimentConfig, flatten, main_job_path
+from fedft.config_parse import to_plain
 from fedft.options import default_options, option_names
 
 MAIN_JOB = "fedft/configs/sfprompt_mnist.toml"  # relative to the app directory (the FAB root)
@@ -29,15 +30,9 @@ def app_config() -> dict[str, Any]:
         for name in option_names(section):
             opts = default_options(section, name)
             if type(opts).__module__.startswith("fedft."):  # fedft's own plugins, not a user's
-                tree[section].setdefault(name, _plain(opts))
+                tree[section].setdefault(name, to_plain(opts))
     flat = {k.replace("_", "-"): v for k, v in flatten(tree).items()}
     return {"config-file": MAIN_JOB, "out": "", **dict(sorted(flat.items()))}
-
-
-def _plain(obj: Any) -> dict[str, Any]:
-    from fedft.config_parse import to_plain
-
-    return to_plain(obj)
 
 
 def render() -> str:

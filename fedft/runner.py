@@ -8,7 +8,6 @@ from typing import Any
 
 from fedft.config import ExperimentConfig
 from fedft.errors import FedftError
-from fedft.federated import checkpoint
 from fedft.outputs import CONFIG, RunDir, default_run_dir, print_summary
 from fedft.strategies import STRATEGIES
 
@@ -24,8 +23,6 @@ def run(cfg: ExperimentConfig, out: str | Path | None = None, show: bool = True,
     cls = STRATEGIES.get(cfg.federation.strategy)
     cfg = cls.configure(cfg)
     rd.write_config(cfg)
-    if resume and checkpoint.load(rd.path) is None:
-        raise FedftError(f"{rd.path} has no checkpoint to resume from (it is written after each round)")
     summary = cls(cfg).run(cfg, rd.path, resume, show)
     summary["run_dir"] = str(rd.path)
     rd.write_summary(summary)

@@ -17,8 +17,8 @@ from fedft.federated.aggregators import (
     MaskedFedAvg,
     _identity,
     reply_message,
-    to_record,
 )
+from fedft.federated.records import to_arrays
 from fedft.runner import run
 
 
@@ -31,7 +31,7 @@ def _updates(n: int = 3, seed: int = 0) -> list[dict[str, np.ndarray]]:
 def _replies(updates, weights):
     from flwr.app import MetricRecord, RecordDict
 
-    return [reply_message(RecordDict({keys.ARRAYS: to_record(u), keys.METRICS: MetricRecord({keys.AGG_WEIGHT: w})}),
+    return [reply_message(RecordDict({keys.ARRAYS: to_arrays(u), keys.METRICS: MetricRecord({keys.AGG_WEIGHT: w})}),
                           i, 1) for i, (u, w) in enumerate(zip(updates, weights, strict=True))]
 
 

@@ -19,8 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.app.metadata import Metadata
 from flwr.serverapp import strategy as fl
 from flwr.supercore.task_identity import TaskIdentity
@@ -29,6 +28,7 @@ from fedft import keys
 from fedft.errors import FedftError
 from fedft.errors import check as _check
 from fedft.federated.aggregation import Update, aggregate
+from fedft.federated.records import from_arrays, to_arrays
 from fedft.options import register_options, table_for
 from fedft.registry import Registry
 
@@ -48,10 +48,10 @@ class MaskedFedAvg(fl.FedAvg):
         valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
         if not valid:
             return None, None
-        updates = [from_record(m.content[self.arrayrecord_key]) for m in valid]  # type: ignore[arg-type]
+        updates = [from_arrays(m.content[self.arrayrecord_key]) for m in valid]  # type: ignore[arg-type]
         weights = [float(m.content[keys.METRICS][self.weighted_by_key]) for m in valid]  # type: ignore[index, arg-type]
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
-        return to_record(aggregate(updates, weights)), metrics
+        return to_arrays(aggregate(updates, weights)), metrics
 
 
 def register_aggregator(name: str, description: str, options: type | None = None) -> Callable:
@@ -147,14 +147,6 @@ register_aggregator("dp_fixed_clipping", "FedAvg with server-side fixed clipping
         fl.FedAvg(**_COMMON), o.noise_multiplier, o.clipping_norm, n))
 
 
-def to_record(update: Update) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in update.items()})
-
-
-def from_record(record: ArrayRecord) -> Update:
-    return {k: v.numpy() for k, v in record.items()}
-
-
 class _Nodes:
     """The part of Flower's Grid that a strategy's ``configure_train`` uses: the sampled nodes."""
 
@@ -208,14 +200,14 @@ class Aggregator:
         weights = [w for _, _, w in updates]
         self._check_dense(params)
         with _identity():
-            self.strategy.configure_train(round, to_record({k: v for k, v in current.items() if k not in stats}),
+            self.strategy.configure_train(round, to_arrays({k: v for k, v in current.items() if k not in stats}),
                                           ConfigRecord(), _Nodes([pid for pid, _, _ in updates]))
-            replies = [reply_message(RecordDict({keys.ARRAYS: to_record(p), keys.METRICS: MetricRecord(
+            replies = [reply_message(RecordDict({keys.ARRAYS: to_arrays(p), keys.METRICS: MetricRecord(
                 {keys.AGG_WEIGHT: w})}), pid, round) for (pid, _, w), p in zip(updates, params, strict=True)]
             arrays, _ = self.strategy.aggregate_train(round, replies)
         if arrays is None:
             raise FedftError(f"aggregator {self.name} returned nothing in round {round}")
-        out = from_record(arrays)
+        out = from_arrays(arrays)
         present = [s for s in stats if any(s in u for _, u, _ in updates)]
         if present:
             out.update(aggregate([{s: u[s] for s in present if s in u} for _, u, _ in updates], weights))

@@ -27,7 +27,7 @@ from fedft.flops import FlopsMeter
 from fedft.model import build_model
 from fedft.split import SplitSpec, split_model
 from fedft.strategies import STRATEGIES, RoundContext, Strategy
-from fedft.strategies.base import ClientRuntime, OpenTransport
+from fedft.strategies.base import ClientRuntime, OpenTransport, stream
 from fedft.train import Proximal, lr_factor, make_optimizer, set_lr_factor
 
 
@@ -74,14 +74,14 @@ def client_round(
     receive(rt.method, rt.model, update)
     rt.method.on_round_start(rt.model, round)
     idx = rt.partitions[pid]
-    torch.manual_seed(int(np.random.default_rng([cfg.seed, round, pid, 0]).integers(2**31)))
+    torch.manual_seed(int(stream(cfg.seed, round, pid, 0).integers(2**31)))
     held = (rt.parts.client_parameters() if rt.parts is not None
             else [p for p in rt.model.parameters() if p.requires_grad])
     opt = make_optimizer(rt.model, cfg.train) if held else None
     if opt is not None:
         set_lr_factor(opt, [g["lr"] for g in opt.param_groups],
                       lr_factor(cfg.train, round - 1, cfg.federation.rounds))
-    ctx = RoundContext(rt, round, pid, idx, opt, np.random.default_rng([cfg.seed, round, pid, 2]), FlopsMeter(),
+    ctx = RoundContext(rt, round, pid, idx, opt, stream(cfg.seed, round, pid, 2), FlopsMeter(),
                        open_transport, state, Proximal.for_config(cfg, held))
     metrics: dict[str, float] = {keys.NUM_EXAMPLES: float(len(idx))}
     metrics.update(strategy_for(cfg).client_train(ctx))

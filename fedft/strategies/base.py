@@ -27,6 +27,7 @@ import numpy as np
 
 from fedft import keys
 from fedft.config import ExperimentConfig
+from fedft.errors import FedftError
 from fedft.options import register_options, table_for
 from fedft.registry import Registry
 
@@ -76,7 +77,13 @@ class RoundContext:
 
     def stream(self, n: int) -> np.random.Generator:
         """Numbered random stream ``n`` of this (seed, round, client)."""
-        return np.random.default_rng([self.rt.cfg.seed, self.round, self.pid, n])
+        return stream(self.rt.cfg.seed, self.round, self.pid, n)
+
+
+def stream(seed: int, round: int, pid: int, n: int) -> np.random.Generator:
+    """Random stream ``n`` of client ``pid`` in ``round``: 0 seeds torch, 1 draws random pruning,
+    2 orders the data; deterministic for (seed, round, client), so a resumed run draws the same."""
+    return np.random.default_rng([seed, round, pid, n])
 
 
 class Strategy:
@@ -117,8 +124,11 @@ class Strategy:
 
     def run(self, cfg: ExperimentConfig, out: Path, resume: bool, show: bool) -> dict[str, Any]:
         """Run the experiment on the configured engine; returns the summary."""
+        from fedft.federated import checkpoint
         from fedft.outputs import RunDir
 
+        if resume and checkpoint.load(out) is None:
+            raise FedftError(f"{out} has no checkpoint to resume from (it is written after each round)")
         if cfg.federation.engine == "inprocess":
             from fedft.federated.engine import run_inprocess
             from fedft.federated.server import ServerRuntime
