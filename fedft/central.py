@@ -24,6 +24,7 @@ from fedft.methods import BaseMethod
 from fedft.model.build import build_model
 from fedft.model.task import TaskModel
 from fedft.outputs import METRICS, RunDir, read_metrics
+from fedft.precision import describe
 from fedft.precondition import head_preconditioner
 from fedft.train import (
     evaluate,
@@ -165,4 +166,5 @@ def _finish(cfg: ExperimentConfig, run: RunDir, model: TaskModel, accuracy: floa
         "final_accuracy": accuracy,
         "final_loss": loss,
         "wall_seconds": round(time.time() - t0, 2),
+        "precision": describe(cfg.train.precision, cfg.model.attention),
     }

@@ -34,6 +34,8 @@ class ModelConfig:
     readout: Literal["mean", "cls"] = "mean"
     # batchnorm: standardise the pooled features before the classifier (MAE linear-probe convention)
     readout_norm: Literal["none", "batchnorm"] = "none"
+    # attention kernel; auto = eager for bf16 compute on a CPU (faster there), sdpa elsewhere
+    attention: Literal["auto", "sdpa", "eager"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: Literal["constant", "cosine"] = "constant"
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    # compute dtype of transformer blocks and LM heads (fedft/precision.py); auto = bf16 where the
+    # CPU (AVX512-BF16, AMX) or GPU computes it natively. Independent of split.wire_dtype
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     # kfac: precondition the classifier's gradient by its input second moment (fedft/precondition.py)
     head_preconditioner: Literal["none", "kfac"] = "none"
     kfac_damping: float = 1e-3  # lambda = kfac_damping * mean eigenvalue of the second moment

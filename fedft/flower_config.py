@@ -10,8 +10,8 @@ pyproject.toml; a test checks that it is current.
 
 from __future__ import annotations
 
+import argparse
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,5 +64,11 @@ def write(pyproject: Path) -> None:
     pyproject.write_text(head + render())
 
 
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m fedft.flower_config", description=__doc__.split("\n\n")[0])
+    ap.add_argument("pyproject", nargs="?", default="pyproject.toml", help="the file to rewrite")
+    write(Path(ap.parse_args(argv).pyproject))
+
+
 if __name__ == "__main__":
-    write(Path(sys.argv[1] if len(sys.argv) > 1 else "pyproject.toml"))
+    main()

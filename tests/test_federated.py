@@ -37,10 +37,12 @@ def _run(tmp_path, strategy: str, *extra: str) -> tuple[dict, CommLedger, list[n
     return summary, ledger, [np.asarray(c) for c in doc["clients"]]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("strategy", FEDERATED)
-def test_every_strategy_runs(tmp_path, strategy):
-    summary, ledger, _ = _run(tmp_path, strategy)
+def test_every_strategy_runs(tmp_path, strategy, precision):
+    summary, ledger, _ = _run(tmp_path, strategy, f"train.precision={precision}")
     assert summary["strategy"] == strategy and 0.0 <= summary["final_accuracy"] <= 1.0
+    assert summary["precision"]["used"] == precision
     rows = (tmp_path / strategy / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + ROUNDS
     assert all(r.split(",")[4] == "0" for r in rows[1:])  # no failed client

@@ -3,7 +3,8 @@
 For each name in ``METHODS.names()``: after ``apply`` and one optimizer step only the declared
 tensors (``update_keys``) change; the encoded update survives the wire codec and
 ``decode_update`` restores the travelling tensors in a fresh model; ``finalize`` keeps the
-outputs when the method says so (``finalize_keeps_outputs``). Each method's options table
+outputs when the method says so (``finalize_keeps_outputs``). The three contracts also hold with
+bf16 compute (``train.precision=bf16``); ``finalize`` then keeps the outputs to bf16 rounding. Each method's options table
 (``[method.<name>]``, declared in its module) is reachable and validated through the config.
 """
 
@@ -17,19 +18,23 @@ from fedft.body.codec import decode_many, encode_many, frame_nbytes
 from fedft.config import ExperimentConfig, MethodConfig
 from fedft.errors import ConfigError
 from fedft.methods import METHODS
+from fedft.model import set_precision
 from fedft.model.tiny import tiny_batch, tiny_task_model
 
 pytestmark = pytest.mark.usefixtures("_one_thread")
 
 ARCHS = ("vit", "bert")
+PRECISIONS = ("fp32", "bf16")
+FINALIZE_TOL = {"fp32": 1e-5, "bf16": 3e-2}  # bf16: a merged weight rounds differently from its parts
 
 
-def build(name: str, arch: str):
+def build(name: str, arch: str, precision: str = "fp32"):
     """A 2-layer tiny model with ``name`` applied, in train mode, and its method."""
     method = METHODS.get(name)(MethodConfig(name=name, prompt_len=2))
     model = tiny_task_model(arch, prompt_len=method.prompt_tokens(), deep_prompts=method.deep_prompts(),
                             num_hidden_layers=2)
     method.apply(model)
+    set_precision(model, precision)
     return model.train(), method
 
 
@@ -43,11 +48,12 @@ def step(model, method, batch, n: int = 1) -> None:
         opt.step()
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("name", METHODS.names())
-def test_only_declared_tensors_change(name: str, arch: str) -> None:
+def test_only_declared_tensors_change(name: str, arch: str, precision: str) -> None:
     # Prepare
-    model, method = build(name, arch)
+    model, method = build(name, arch, precision)
     batch = tiny_batch(arch)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     # Execute
@@ -61,13 +67,14 @@ def test_only_declared_tensors_change(name: str, arch: str) -> None:
     assert changed <= set(keys), f"undeclared tensors changed: {sorted(changed - set(keys))[:5]}"
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("name", METHODS.names())
-def test_update_survives_the_wire(name: str, arch: str) -> None:
+def test_update_survives_the_wire(name: str, arch: str, precision: str) -> None:
     # Prepare
-    model, method = build(name, arch)
+    model, method = build(name, arch, precision)
     step(model, method, tiny_batch(arch))
-    fresh, fresh_method = build(name, arch)
+    fresh, fresh_method = build(name, arch, precision)
     # Execute
     update = method.encode_update(model)
     keys = list(update)
@@ -82,11 +89,12 @@ def test_update_survives_the_wire(name: str, arch: str) -> None:
         torch.testing.assert_close(got[k], sent[k], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("name", METHODS.names())
-def test_finalize_keeps_its_promise(name: str, arch: str) -> None:
+def test_finalize_keeps_its_promise(name: str, arch: str, precision: str) -> None:
     # Prepare
-    model, method = build(name, arch)
+    model, method = build(name, arch, precision)
     batch = tiny_batch(arch)
     step(model, method, batch, n=2)
     model.eval()
@@ -99,7 +107,7 @@ def test_finalize_keeps_its_promise(name: str, arch: str) -> None:
     # Assert
     assert torch.isfinite(after).all()
     if method.finalize_keeps_outputs:
-        torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+        torch.testing.assert_close(after, before, rtol=0, atol=FINALIZE_TOL[precision])
 
 
 def test_every_method_has_a_description() -> None:

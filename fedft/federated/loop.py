@@ -21,6 +21,7 @@ from fedft.federated.payload import numel
 from fedft.federated.records import train_content
 from fedft.federated.server import ClientResult, ServerRuntime
 from fedft.outputs import LEDGER, METRICS, read_metrics
+from fedft.precision import describe
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ def summarize(srv: ServerRuntime, result: Any, client_flops: float, server_flops
         "server_flops": server_flops,
         "travelling_params": numel(srv.global_update),
         "wall_seconds": round(seconds, 2),
+        "precision": describe(cfg.train.precision, cfg.model.attention),
         **({"method_report": report} if (report := srv.method.describe()) else {}),
     }
 

@@ -7,7 +7,7 @@ models and batches for tests and examples).
 """
 
 from fedft.model.arch import ARCHS, Arch, arch_for
-from fedft.model.build import build_model
+from fedft.model.build import build_model, set_precision
 from fedft.model.loading import LoadedBackbone, load_backbone, load_preprocessor
 from fedft.model.prompts import SoftPrompt
 from fedft.model.task import ReadoutNorm, TaskModel, build_task_model
@@ -22,6 +22,7 @@ __all__ = [
     "arch_for",
     "build_model",
     "build_task_model",
+    "set_precision",
     "load_backbone",
     "load_preprocessor",
 ]

@@ -14,6 +14,7 @@ from fedft.config import ExperimentConfig
 from fedft.methods import METHODS, BaseMethod
 from fedft.model.loading import load_backbone, load_preprocessor
 from fedft.model.task import TaskModel, build_task_model
+from fedft.precision import DTYPES, attention, resolve
 
 
 def build_model(cfg: ExperimentConfig, num_labels: int) -> tuple[TaskModel, BaseMethod, Any]:
@@ -29,8 +30,19 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> tuple[TaskModel, Base
         readout_norm=cfg.model.readout_norm if cfg.model.task == "classification" else "none",
     )
     method.apply(model)
+    set_precision(model, cfg.train.precision, cfg.model.attention)
     if cfg.train.head_preconditioner == "kfac" and cfg.model.task == "classification":
         from fedft.precondition import HeadStats
 
         model.head_stats = HeadStats(model.output_layer.in_features)
     return model, method, pre
+
+
+def set_precision(model: TaskModel, precision: str, attn: str = "auto") -> None:
+    """Set the model's compute dtype and attention kernel (``train.precision``, ``model.attention``)."""
+    device = next(model.parameters()).device
+    used = resolve(precision, device)
+    model.compute_dtype = DTYPES[used]
+    kernel = attention(attn, used, device)
+    if getattr(model.backbone.config, "_attn_implementation", kernel) != kernel:
+        model.backbone.set_attn_implementation(kernel)

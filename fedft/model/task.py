@@ -21,6 +21,7 @@ from torch import nn
 
 from fedft.model.arch import Arch, arch_for
 from fedft.model.prompts import SoftPrompt
+from fedft.precision import autocast
 
 Task = Literal["classification", "causal_lm"]
 Readout = Literal["mean", "cls", "tokens"]
@@ -104,6 +105,13 @@ class TaskModel(nn.Module):
             raise ValueError("readout_norm applies to pooled readouts (mean or cls), not tokens")
         self.readout_norm = readout_norm
         self.head_stats: nn.Module | None = None  # fedft.precondition.HeadStats when the head is preconditioned
+        # dtype of the transformer blocks' (and an LM head's) compute; fedft.precision, train.precision
+        self.compute_dtype = torch.float32
+
+    def compute(self) -> Any:
+        """Autocast to :attr:`compute_dtype` on the model's device (a no-op for float32)."""
+        device = next(self.parameters()).device
+        return autocast(self.compute_dtype, device.type)
 
     @property
     def output_layer(self) -> nn.Module:
@@ -133,8 +141,14 @@ class TaskModel(nn.Module):
     def run_blocks(
         self, blocks: Sequence[nn.Module], h: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """Run ``blocks`` on ``h`` (B, T, D); no blocks is the identity."""
-        return self.arch.run_blocks(self.backbone, blocks, h, mask) if len(blocks) else h
+        """Run ``blocks`` on ``h`` (B, T, D) in the compute dtype; no blocks is the identity.
+
+        The output has ``h``'s dtype whatever the compute dtype, so what crosses a cut is the same."""
+        if not len(blocks):
+            return h
+        with self.compute():
+            out = self.arch.run_blocks(self.backbone, blocks, h, mask)
+        return out.to(h.dtype)
 
     def pool(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Readout of the normed sequence (B, T, D): (B, D), or (B, T - P, D) for ``tokens``."""
@@ -155,17 +169,22 @@ class TaskModel(nn.Module):
         pooled = self.pool(self.arch.finish(self.backbone, h), mask)
         if self.readout_norm is not None:
             pooled = self.readout_norm(pooled)  # (B, D)
-        return self.output_layer(pooled)
+        if self.task != "causal_lm":  # a classifier is too small to gain from a lower precision
+            return self.output_layer(pooled)
+        with self.compute():  # an LM head (D x vocabulary) is one of the largest matmuls
+            return self.output_layer(pooled).float()
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Logits: (B, C) for pooled readouts, (B, T, C or V) for ``tokens``."""
         h, mask = self.embed(batch)
         if self.prompt is not None and self.prompt.deep_layers:
-            at = self.arch.prompt_index
-            for i, block in enumerate(self.blocks):
-                if 0 < i <= self.prompt.deep_layers:
-                    h = self.prompt.replace(h, i - 1, at)
-                h = self.arch.run_block(self.backbone, block, h, mask)
+            at, dtype = self.arch.prompt_index, h.dtype
+            with self.compute():
+                for i, block in enumerate(self.blocks):
+                    if 0 < i <= self.prompt.deep_layers:
+                        h = self.prompt.replace(h, i - 1, at)
+                    h = self.arch.run_block(self.backbone, block, h, mask)
+            h = h.to(dtype)
         else:
             h = self.run_blocks(self.blocks, h, mask)
         return self.logits_from(h, mask)
