@@ -1,4 +1,4 @@
-"""The ``fedft`` command line: ``fedft run``, ``fedft assets``, ``fedft methods``.
+"""The ``fedft`` command line: ``fedft run``, ``compare``, ``evaluate``, ``privacy``, ``assets``, ``methods``.
 
 User errors print one line on stderr and exit 2 (configuration) or 1 (anything else the user
 can fix, such as a missing asset); nothing already written is removed.
@@ -95,6 +95,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_privacy(args: argparse.Namespace) -> int:
+    from fedft.privacy.audit import AuditOptions, audit, print_table
+
+    codecs = tuple(c.strip() for c in args.codecs.split(",") if c.strip())
+    opts = AuditOptions(samples=args.samples, aux_size=args.aux_size, codecs=codecs,
+                        inversion_steps=args.steps, decoder_epochs=args.decoder_epochs, seed=args.seed)
+    result = audit(args.run_dir, opts, log=lambda m: print(f"  {m}", file=sys.stderr))
+    print_table(result)
+    print(f"wrote {args.run_dir}/privacy.json" + (" and privacy.png" if any(
+        "psnr_db" in r for r in result["attacks"]) else ""))
+    return 0
+
+
 def cmd_assets(args: argparse.Namespace) -> int:
     from fedft import assets
 
@@ -131,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_compare(sub)
     _add_evaluate(sub)
+    _add_privacy(sub)
     _add_assets(sub)
     m = sub.add_parser("methods", help="list the fine-tuning methods",
                        description="List the registered fine-tuning methods with a one-line description.")
@@ -183,6 +197,31 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--test-size", type=int, default=0, help="test samples to use (default 0 = the whole test split)")
     e.add_argument("--batch-size", type=int, default=0, help="evaluation batch size (default: the run's)")
     e.set_defaults(fn=cmd_evaluate)
+
+
+def _add_privacy(sub: argparse._SubParsersAction) -> None:
+    from fedft.privacy.audit import AuditOptions
+
+    d = AuditOptions()
+    p = sub.add_parser("privacy", help="attack a split run's traffic as a curious server would",
+                       description="Replay RUN_DIR's split traffic (activations and gradients the client sends, "
+                                   "through each wire codec) at its last checkpoint and attack it with what the "
+                                   "server legitimately has: input reconstruction (white-box inversion, a "
+                                   "black-box decoder trained on disjoint auxiliary data), token recovery for "
+                                   "text, label inference from the tail's gradients. Prints the attack table and "
+                                   "writes RUN_DIR/privacy.json and RUN_DIR/privacy.png. See docs/privacy.md.",
+                       epilog=EPILOG)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a federated split run directory (with checkpoint/)")
+    p.add_argument("--samples", type=int, default=d.samples, help=f"client training samples attacked ({d.samples})")
+    p.add_argument("--aux-size", type=int, default=d.aux_size,
+                   help=f"auxiliary samples for the learned attacks ({d.aux_size})")
+    p.add_argument("--codecs", default=",".join(d.codecs), help="wire codecs to replay, comma-separated (fp32,fp16)")
+    p.add_argument("--steps", type=int, default=d.inversion_steps,
+                   help=f"optimisation-inversion steps when the head has blocks ({d.inversion_steps})")
+    p.add_argument("--decoder-epochs", type=int, default=d.decoder_epochs,
+                   help=f"epochs of the black-box decoder ({d.decoder_epochs})")
+    p.add_argument("--seed", type=int, default=d.seed, help="which samples, and the attacks' seeds (0)")
+    p.set_defaults(fn=cmd_privacy)
 
 
 def _add_assets(sub: argparse._SubParsersAction) -> None:

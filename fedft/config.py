@@ -105,10 +105,20 @@ class SplitConfig:
     head_blocks: int = 0
     tail_blocks: int = 0
     wire_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    # [D] defences (fedft/split/defence.py, docs/privacy.md), off by default: Gaussian noise on the
+    # sent activations (std = noise x each sample's activation RMS) and the NoPeek distance-
+    # correlation penalty weight in the client's split-training loss (needs head_blocks >= 1)
+    noise: float = 0.0
+    nopeek: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.head_blocks >= 0, "split.head_blocks", "an integer >= 0")
         _check(self.tail_blocks >= 0, "split.tail_blocks", "an integer >= 0")
+        _check(self.noise >= 0, "split.noise", "a float >= 0 (0 = no noise)")
+        _check(self.nopeek >= 0, "split.nopeek", "a float >= 0 (0 = no penalty)")
+        _check(self.nopeek == 0 or self.head_blocks >= 1, "split.nopeek",
+               "0 when split.head_blocks = 0 (the sent embeddings do not depend on anything the client "
+               "trains); set split.head_blocks >= 1 to use NoPeek")
 
 
 @dataclass(frozen=True)
@@ -258,6 +268,9 @@ def validate_names(cfg: ExperimentConfig) -> None:
                                      (cfg.federation.aggregator, "federation.aggregator", AGGREGATORS.names())):
         if value not in names:
             raise ConfigError(f"bad value {value!r} for {field_name}; allowed: {', '.join(names)}")
+    if (cfg.split.noise or cfg.split.nopeek) and STRATEGIES.get(cfg.federation.strategy).family != "split":
+        raise ConfigError(f"split.noise and split.nopeek defend split traffic; strategy "
+                          f"{cfg.federation.strategy!r} sends none: set them to 0 or use a split strategy")
 
 
 def main_job_path() -> Path:

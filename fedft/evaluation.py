@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,24 @@ from fedft.outputs import CONFIG
 EVALUATION = "evaluation.json"
 
 
-def evaluate_run(run_dir: str | Path, test_size: int = 0, batch_size: int = 0) -> dict[str, Any]:
-    """Accuracy and loss of the run's last global model on ``test_size`` test samples (0 = all)."""
-    from fedft.data.datasets import encode, load_raw
+@dataclass
+class LoadedRun:
+    """A federated run's config, data, and its model at the last checkpoint (body included)."""
+
+    cfg: ExperimentConfig
+    raw: Any  # fedft.data.datasets.RawData
+    model: Any  # fedft.model.task.TaskModel
+    preprocess: Any
+    round: int
+
+
+def load_run(run_dir: str | Path, test_size: int | None = None) -> LoadedRun:
+    """Load RUN_DIR's resolved config and last checkpoint into a model (``test_size`` overrides
+    ``data.test_size``; 0 = the whole test split)."""
+    from fedft.data.datasets import load_raw
     from fedft.federated.checkpoint import load
     from fedft.model.build import build_model
     from fedft.split import SplitSpec, split_model
-    from fedft.train import evaluate
 
     path = Path(run_dir)
     if not (path / CONFIG).is_file():
@@ -38,18 +49,29 @@ def evaluate_run(run_dir: str | Path, test_size: int = 0, batch_size: int = 0) -
     if ckpt is None:
         raise FedftError(f"{path} has no checkpoint (central runs keep none; federated runs write one "
                          "after every round)")
-    t0 = time.time()
     cfg = ExperimentConfig.from_toml(path / CONFIG)
-    cfg = cfg.replace(data=replace(cfg.data, test_size=test_size))
+    if test_size is not None:
+        cfg = cfg.replace(data=replace(cfg.data, test_size=test_size))
     raw = load_raw(cfg.data, cfg.seed)
     model, method, pre = build_model(cfg, raw.num_labels)
     method.decode_update(model, ckpt.global_update)
     if ckpt.body is not None:
         parts = split_model(model, SplitSpec(cfg.split.head_blocks, cfg.split.tail_blocks))
         parts.body.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt.body.items()})
-    test = encode(raw, "test", pre, cfg.data.max_length)
-    result = evaluate(model, test, batch_size or cfg.train.eval_batch_size)
-    out = {"run_dir": str(path), "strategy": cfg.federation.strategy, "round": ckpt.round,
+    return LoadedRun(cfg, raw, model, pre, ckpt.round)
+
+
+def evaluate_run(run_dir: str | Path, test_size: int = 0, batch_size: int = 0) -> dict[str, Any]:
+    """Accuracy and loss of the run's last global model on ``test_size`` test samples (0 = all)."""
+    from fedft.data.datasets import encode
+    from fedft.train import evaluate
+
+    t0 = time.time()
+    run = load_run(run_dir, test_size)
+    cfg, path = run.cfg, Path(run_dir)
+    test = encode(run.raw, "test", run.preprocess, cfg.data.max_length)
+    result = evaluate(run.model, test, batch_size or cfg.train.eval_batch_size)
+    out = {"run_dir": str(path), "strategy": cfg.federation.strategy, "round": run.round,
            "test_samples": result.n, "accuracy": result.accuracy, "loss": result.loss,
            "seconds": round(time.time() - t0, 2)}
     (path / EVALUATION).write_text(json.dumps(out, indent=2) + "\n")

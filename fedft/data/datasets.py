@@ -43,10 +43,17 @@ class RawData:
 DATASETS: Registry[Callable[[DataConfig], RawData]] = Registry("dataset")
 
 
+def subsample_indices(total: int, n: int, seed: int) -> np.ndarray:
+    """The sorted indices ``load_raw`` keeps out of ``total`` samples for ``n`` (0 = all) and ``seed``."""
+    if n == 0 or n >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).permutation(total)[:n])
+
+
 def _subsample(x: Any, y: np.ndarray, n: int, seed: int) -> tuple[Any, np.ndarray]:
     if n == 0 or n >= len(y):
         return x, y
-    idx = np.sort(np.random.default_rng(seed).permutation(len(y))[:n])
+    idx = subsample_indices(len(y), n, seed)
     xs = x[idx] if isinstance(x, np.ndarray) else [x[i] for i in idx]
     return xs, y[idx]
 
@@ -200,7 +207,11 @@ class ImagePreprocessor:
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
-        x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+        return self.from_unit(x if x.dim() == 3 else x.permute(0, 3, 1, 2))
+
+    def from_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1], grey (B, H, W) or (B, C, H, W), to the model's input; differentiable."""
+        x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.dim() == 3 else x.expand(-1, 3, -1, -1)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode=self.mode, antialias=self.mode == "bilinear",
                               align_corners=False)

@@ -31,6 +31,10 @@ def build_model(cfg: ExperimentConfig, num_labels: int) -> tuple[TaskModel, Base
     )
     method.apply(model)
     set_precision(model, cfg.train.precision, cfg.model.attention)
+    if cfg.split.noise > 0:  # a split-strategy defence (checked by fedft.config.validate_names)
+        from fedft.split.defence import add_activation_noise
+
+        add_activation_noise(model, cfg.split.head_blocks, cfg.split.noise)
     if cfg.train.head_preconditioner == "kfac" and cfg.model.task == "classification":
         from fedft.precondition import HeadStats
 

@@ -36,10 +36,15 @@ class AffineInverse:
                 basis = torch.eye(n)[start:start + chunk].reshape(-1, *shape)
                 cols.append(fn(basis).flatten(1) - self.offset)  # (k, m)
         a = torch.cat(cols).T.double()  # (m, n)
+        self._a = a.float()
         s = torch.linalg.svdvals(a)
         self.rank = int((s > s[0] * max(a.shape) * torch.finfo(torch.float64).eps).sum())
         self.condition = float(s[0] / s[-1]) if s[-1] > 0 else float("inf")
         self._pinv = torch.linalg.pinv(a)  # (n, m)
+
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The measured affine map applied to inputs (B, *shape): (B, m), to check affinity."""
+        return x.flatten(1).float() @ self._a.T + self.offset
 
     def __call__(self, observed: torch.Tensor) -> torch.Tensor:
         """Reconstruct inputs (B, *shape) from observed outputs (B, *output_shape)."""

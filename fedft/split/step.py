@@ -30,6 +30,7 @@ from torch import nn
 from fedft.accounting import Phase
 from fedft.body.transport import Transport
 from fedft.flops import FlopsMeter
+from fedft.split.defence import distance_correlation, raw_input
 from fedft.split.parts import SplitParts
 
 Batch = Mapping[str, Any]
@@ -64,9 +65,12 @@ def _meter(
 
 def split_step(
     parts: SplitParts, batch: Batch, transport: Transport, model_loss: LossFn,
-    flops: FlopsMeter | None = None, phase: str = Phase.SPLIT,
+    flops: FlopsMeter | None = None, phase: str = Phase.SPLIT, nopeek: float = 0.0,
 ) -> StepResult:
-    """One split forward/backward through head -> transport (body) -> tail; no optimizer step."""
+    """One split forward/backward through head -> transport (body) -> tail; no optimizer step.
+
+    ``nopeek > 0`` adds ``nopeek`` x the distance correlation of the batch's inputs and the sent
+    activations to what the head minimises (:mod:`fedft.split.defence`)."""
     key: Hashable | None = None
     if flops is not None:  # what fixes the work: shapes and which parameters train
         key = (_shapes(batch), _trainable(parts.head), _trainable(parts.body), _trainable(parts.tail))
@@ -85,7 +89,11 @@ def split_step(
         g_h = transport.backward(z_c.grad)  # (B, T, D)
     if h.requires_grad:
         with _meter(flops, "client", phase, "head", "bwd", key):
-            h.backward(g_h.to(h.dtype))
+            if nopeek:
+                penalty = nopeek * distance_correlation(raw_input(parts.model, batch), h)
+                torch.autograd.backward([h, penalty], [g_h.to(h.dtype), None])
+            else:
+                h.backward(g_h.to(h.dtype))
     return StepResult(float(loss.detach()), logits.detach(), int(logits.shape[0]))
 
 

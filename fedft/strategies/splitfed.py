@@ -46,7 +46,7 @@ def split_phase(ctx: RoundContext, split_idx: np.ndarray, epochs: int) -> tuple[
             for batch in rt.train.batches(split_idx, train.batch_size, shuffle=True, rng=ctx.rng):
                 ctx.opt.zero_grad(set_to_none=True)
                 with active(pre):
-                    r = split_step(parts, batch, transport, rt.model.loss, ctx.flops)
+                    r = split_step(parts, batch, transport, rt.model.loss, ctx.flops, nopeek=rt.cfg.split.nopeek)
                 if pre is not None:
                     pre.apply()
                 ctx.step()

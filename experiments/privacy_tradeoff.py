@@ -1,0 +1,174 @@
+"""The privacy-compute-bytes-accuracy trade-off of the split: cut point x defence, each attacked
+under each wire codec by ``fedft privacy``.
+
+Each arm trains the main job with a cut (``split.head_blocks``) and a defence (``split.noise``,
+``split.nopeek``) for ``--rounds`` rounds into ``--root/<arm>``, then replays and attacks its
+traffic (``fedft privacy``, codecs fp32 and fp16). Resumable: an arm with summary.json keeps its
+run, one with privacy.json keeps its attack. Then it writes one row per arm and codec (accuracy,
+client FLOPs, bytes, attack scores) to ``--results``/tradeoff.csv and .json, the trade-off plot
+tradeoff.png, and copies each arm's small artifacts (config, summary, metrics, privacy.json,
+privacy.png) under ``--results``/runs/<arm>/.
+
+    .venv/bin/python experiments/privacy_tradeoff.py                 # every arm (about 50 min, 2 cores)
+    .venv/bin/python experiments/privacy_tradeoff.py --arms h0 h0-n0.5
+    .venv/bin/python experiments/privacy_tradeoff.py --report-only   # tables and plot from finished arms
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+# arm -> overrides of the main job [D]: cuts h in {0, 1, 2, 4}; noise at 0.1 / 0.5 / 1.0 x the
+# activations' RMS; NoPeek weight 1 (needs h >= 1)
+ARMS: dict[str, list[str]] = {
+    "h0": ["split.head_blocks=0"],
+    "h0-n0.1": ["split.head_blocks=0", "split.noise=0.1"],
+    "h0-n0.5": ["split.head_blocks=0", "split.noise=0.5"],
+    "h0-n1": ["split.head_blocks=0", "split.noise=1.0"],
+    "h1": ["split.head_blocks=1"],
+    "h1-n0.5": ["split.head_blocks=1", "split.noise=0.5"],
+    "h1-nopeek": ["split.head_blocks=1", "split.nopeek=1.0"],
+    "h2": ["split.head_blocks=2"],
+    "h2-n0.5": ["split.head_blocks=2", "split.noise=0.5"],
+    "h4": ["split.head_blocks=4"],
+    "h4-n0.5": ["split.head_blocks=4", "split.noise=0.5"],
+    "h4-nopeek": ["split.head_blocks=4", "split.nopeek=1.0"],
+}
+ARTIFACTS = ("config.toml", "summary.json", "metrics.csv", "privacy.json", "privacy.png")
+ATTACKS = {  # column -> (attack name prefix, score key)
+    "whitebox_psnr": ("white-box", "psnr_db"), "whitebox_ssim": ("white-box", "ssim"),
+    "blackbox_psnr": ("black-box decoder", "psnr_db"), "blackbox_ssim": ("black-box decoder", "ssim"),
+    "label_known_tail": ("known tail", "accuracy"), "label_cluster": ("gradient direction", "accuracy"),
+    "label_norm_auc": ("gradient norm", "auc"),
+}
+
+
+def run_arm(root: Path, arm: str, rounds: int, test_size: int, audit: list[str], extra: list[str]) -> None:
+    out = root / arm
+    if not (out / "summary.json").is_file():
+        cmd = [sys.executable, "-m", "fedft.cli", "run"]
+        if (out / "checkpoint").exists():
+            cmd += ["--resume", str(out)]
+        else:
+            sets = [*ARMS[arm], f"federation.rounds={rounds}", f"data.test_size={test_size}",
+                    f"federation.eval_every={rounds}", "output.plots=false", *extra]
+            cmd += ["--out", str(out), *[a for kv in sets for a in ("--set", kv)]]
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+    if not (out / "privacy.json").is_file():
+        cmd = [sys.executable, "-m", "fedft.cli", "privacy", str(out), *audit]
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+
+
+def rows_of(arm: str, d: Path) -> list[dict[str, Any]]:
+    summary = json.loads((d / "summary.json").read_text())
+    privacy = json.loads((d / "privacy.json").read_text())
+    split = privacy["split"]
+    chance = next(a for a in privacy["attacks"] if a["attack"].startswith("chance"))
+    out = []
+    for codec in privacy["options"]["codecs"]:
+        row: dict[str, Any] = {
+            "arm": arm, "head_blocks": split["head_blocks"], "noise": split["noise"], "nopeek": split["nopeek"],
+            "codec": codec, "accuracy": summary["final_accuracy"], "client_flops": summary["client_flops"],
+            "bytes_total": summary["bytes_total"],
+            "bytes_activations_up": summary["bytes_by_kind"].get("activations_up", 0),
+            "chance_psnr": chance["psnr_db"], "chance_ssim": chance["ssim"],
+        }
+        for col, (prefix, key) in ATTACKS.items():
+            hits = [a for a in privacy["attacks"] if a["codec"] == codec and a["attack"].startswith(prefix)]
+            row[col] = hits[0][key] if hits else None
+            if col == "label_known_tail" and hits:
+                row["label_chance"] = hits[0]["chance"]
+            if col == "label_norm_auc" and hits:
+                row["label_norm_auc_chance"] = hits[0]["chance"]
+        out.append(row)
+    return out
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """White-box PSNR (privacy, lower is better) against client FLOPs, coloured by accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fp32 = [r for r in rows if r["codec"] == "fp32"]
+    for ax, key, name in ((axes[0], "whitebox_psnr", "white-box"), (axes[1], "blackbox_psnr", "black-box decoder")):
+        xs = [r["client_flops"] / 1e12 for r in fp32]
+        ys = [r[key] for r in fp32]
+        sc = ax.scatter(xs, ys, c=[r["accuracy"] for r in fp32], cmap="viridis", s=60, edgecolors="k")
+        for r, x, y in zip(fp32, xs, ys, strict=True):
+            ax.annotate(r["arm"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.axhline(fp32[0]["chance_psnr"], ls="--", c="grey", lw=1)
+        ax.text(min(xs), fp32[0]["chance_psnr"], " chance (auxiliary mean image)", fontsize=7, va="bottom", c="grey")
+        ax.set_xscale("log")
+        ax.set_xlabel("client FLOPs per run (TFLOP, log)")
+        ax.set_ylabel(f"{name} reconstruction PSNR (dB; lower = more private)")
+        fig.colorbar(sc, ax=ax, label="test accuracy")
+    fig.suptitle("SFPrompt on DINOv2-small / MNIST: what the server reconstructs vs client compute and accuracy "
+                 "(fp32 wire)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(root: Path, results: Path, arms: list[str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for arm in arms:
+        d = root / arm
+        if not (d / "privacy.json").is_file():
+            print(f"{arm}: not finished, skipped")
+            continue
+        rows += rows_of(arm, d)
+        dest = results / "runs" / arm
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ARTIFACTS:
+            if (d / name).is_file():
+                shutil.copy2(d / name, dest / name)
+    if not rows:
+        return rows
+    results.mkdir(parents=True, exist_ok=True)
+    with (results / "tradeoff.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (results / "tradeoff.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, results / "tradeoff.png")
+    for r in rows:
+        print(f"{r['arm']:10s} {r['codec']} acc {r['accuracy']:.3f}  client {r['client_flops'] / 1e12:6.2f} TFLOP  "
+              f"wb {r['whitebox_psnr']:.1f} dB  bb {r['blackbox_psnr']:.1f} dB  "
+              f"labels {r['label_known_tail']:.2f}/{r['label_cluster']:.2f}")
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS), help="arms to run (default all)")
+    p.add_argument("--rounds", type=int, default=4, help="rounds per arm [D] (4; the main job runs 10)")
+    p.add_argument("--test-size", type=int, default=1000, help="test images scored after the last round")
+    p.add_argument("--samples", type=int, default=32, help="client samples attacked per arm")
+    p.add_argument("--steps", type=int, default=200, help="optimisation-inversion steps (h >= 1)")
+    p.add_argument("--root", type=Path, default=Path("runs/privacy"), help="run directories")
+    p.add_argument("--results", type=Path, default=Path("experiments/results/privacy"), help="artifacts")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override for every arm")
+    p.add_argument("--report-only", action="store_true", help="only tabulate finished arms")
+    a = p.parse_args()
+    if not a.report_only:
+        audit = ["--samples", str(a.samples), "--steps", str(a.steps)]
+        for arm in a.arms:
+            run_arm(a.root, arm, a.rounds, a.test_size, audit, a.set)
+    report(a.root, a.results, a.arms)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,379 @@
+"""``fedft privacy RUN_DIR``: the attacks a curious server mounts on a split run, replayed and scored.
+
+The server legitimately has the public pre-trained weights, the body, the prompts and tail it
+aggregates (so the checkpoint's client state), and the traffic: the activations the head sends
+up and the gradients the tail sends up, each through the run's wire codec. This replays that
+traffic on a sample of the clients' training data at the run's last checkpoint, with the run's
+cut, precision and defences, under each codec asked for, and scores what the server recovers:
+
+* images: white-box inversion (closed-form least squares where the head is affine in the pixels,
+  that is ``head_blocks = 0``; else optimisation against the known head) and a black-box
+  decoder trained on auxiliary images disjoint from the clients' data; PSNR/SSIM against the
+  raw 28 x 28 (or whatever the dataset's) images, beside a chance baseline (the auxiliary mean image);
+* text: token recovery by nearest embedding and by a probe trained on auxiliary text (token
+  accuracy over real tokens; chance = always the most frequent auxiliary token);
+* labels: from the gradients the tail sends up, the known-tail attack, direction clustering and
+  the gradient-norm attack, each beside its chance baseline.
+
+Writes ``privacy.json`` (stable keys) and ``privacy.png`` (originals over reconstructions).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedft.body.codec import to_wire
+from fedft.errors import FedftError
+from fedft.privacy.decoders import fit_patch_decoder, fit_token_probe, nearest_tokens
+from fedft.privacy.inversion import AffineInverse, optimise_inverse
+from fedft.privacy.labels import cluster_labels, known_tail_labels, norm_auc
+from fedft.privacy.metrics import image_scores, label_scores
+
+PRIVACY_JSON = "privacy.json"
+PRIVACY_PNG = "privacy.png"
+AFFINE_TOLERANCE = 1e-4  # relative residual under which the head counts as affine in its input
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """What to replay and how hard to attack ([D] fedft's defaults)."""
+
+    samples: int = 64  # clients' training samples attacked
+    aux_size: int = 1000  # auxiliary samples for the learned attacks (disjoint from the clients')
+    codecs: tuple[str, ...] = ("fp32", "fp16")
+    inversion_steps: int = 300  # Adam steps of the optimisation inversion (head_blocks >= 1)
+    decoder_epochs: int = 20
+    probe_epochs: int = 5
+    grid: int = 8  # images per row of privacy.png
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from fedft.body.codec import check_wire_dtype
+
+        for name in ("samples", "aux_size", "inversion_steps", "decoder_epochs", "probe_epochs"):
+            if getattr(self, name) < 1:
+                raise FedftError(f"privacy {name} must be >= 1, got {getattr(self, name)}")
+        if not self.codecs:
+            raise FedftError("privacy codecs must name at least one wire dtype (fp32, fp16, bf16)")
+        for c in self.codecs:
+            try:
+                check_wire_dtype(c)
+            except ValueError as e:
+                raise FedftError(f"privacy codecs: {e}") from None
+
+
+@contextmanager
+def _attacker_view(model: Any, grad: bool = False) -> Iterator[None]:
+    """The attacker's copy of the public head: fp32, no defence noise (it cannot know the draw)."""
+    from fedft.split.defence import noise_off
+
+    saved = model.compute_dtype
+    model.compute_dtype = torch.float32
+    try:
+        with noise_off(model), torch.enable_grad() if grad else torch.no_grad():
+            yield
+    finally:
+        model.compute_dtype = saved
+
+
+def _wire(t: torch.Tensor, codec: str) -> torch.Tensor:
+    return to_wire(t, codec).float()  # type: ignore[arg-type]
+
+
+def _token_rows(model: Any, n_rows: int) -> list[int]:
+    """Rows of the head output that carry the input (prompt rows dropped; for images also CLS)."""
+    at, p = model.arch.prompt_index, model.n_prompts
+    rows = [r for r in range(n_rows) if not at <= r < at + p]
+    return rows
+
+
+# -- data ---------------------------------------------------------------------------------------------
+
+
+def _aux_indices(total: int, used: np.ndarray, n: int, seed: int) -> np.ndarray:
+    free = np.setdiff1d(np.arange(total), used)
+    return np.sort(np.random.default_rng(seed).choice(free, size=min(n, len(free)), replace=False))
+
+
+def _aux_images(cfg: Any, n: int, seed: int) -> tuple[np.ndarray, str]:
+    """Auxiliary images disjoint from the clients' data: the rest of the train split, or the test split."""
+    from fedft.data.datasets import load_raw, subsample_indices
+
+    full = load_raw(replace(cfg.data, train_size=0, test_size=0), cfg.seed)
+    used = subsample_indices(len(full.train_y), cfg.data.train_size, cfg.seed)
+    if len(used) < len(full.train_y):
+        idx = _aux_indices(len(full.train_y), used, n, seed)
+        return full.train_x[idx], f"{cfg.data.name} train images outside the clients' {len(used)}"
+    idx = _aux_indices(len(full.test_y), np.array([], dtype=int), n, seed)
+    return full.test_x[idx], f"{cfg.data.name} test images (the clients hold the whole train split)"
+
+
+# -- attacks ------------------------------------------------------------------------------------------
+
+
+def _image_attacks(run: Any, parts: Any, victims: np.ndarray, opts: AuditOptions,
+                   log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    model, pre, cfg = run.model, run.preprocess, run.cfg
+    if not hasattr(pre, "from_unit"):
+        raise FedftError("image attacks need fedft's ImagePreprocessor (a model with a Hugging Face image "
+                         "processor is not supported yet)")
+    x = torch.from_numpy(np.asarray(victims)).float().div(255.0)  # (N, H, W) in [0, 1]
+    if x.dim() == 4:
+        x = x.mean(dim=-1)  # colour: attack the grey image (the shape the score compares)
+    shape = tuple(x.shape[1:])
+    patch = int(model.backbone.config.patch_size)
+
+    def head(xs: torch.Tensor) -> torch.Tensor:
+        return parts.head({"pixel_values": pre.from_unit(xs)})[0]
+
+    with torch.no_grad():
+        sent = torch.cat([head(c) for c in x.split(32)])  # what the client sends (run's precision, noise)
+    aux_raw, aux_name = _aux_images(cfg, opts.aux_size, opts.seed + 1)
+    aux = torch.from_numpy(np.asarray(aux_raw)).float().div(255.0)
+    aux = aux.mean(dim=-1) if aux.dim() == 4 else aux
+    with torch.no_grad():
+        aux_sent = torch.cat([head(c) for c in aux.split(32)])
+    rows_idx = _token_rows(model, sent.shape[1])
+    if model.arch.has_cls:
+        rows_idx = rows_idx[1:]  # CLS carries no patch
+    chance = image_scores(x, aux.mean(dim=0, keepdim=True).expand_as(x))
+    out: list[dict[str, Any]] = [{"attack": "chance (auxiliary mean image)", "target": "input",
+                                  "codec": "-", **chance}]
+    recon: dict[str, torch.Tensor] = {}
+    inverse = None
+    if cfg.split.head_blocks == 0 and getattr(pre, "mode", "") == "bilinear":
+        with _attacker_view(model):
+            inverse = AffineInverse(head, shape)
+            probe = torch.rand(4, *shape, generator=torch.Generator().manual_seed(opts.seed))
+            y = head(probe).flatten(1)
+            residual = float((inverse.forward_map(probe) - y).norm() / y.norm())
+        if residual > AFFINE_TOLERANCE:
+            log(f"head is not affine in the pixels (relative residual {residual:.2e}); using optimisation")
+            inverse = None
+    for codec in opts.codecs:
+        observed = _wire(sent, codec)
+        t0 = time.time()
+        if inverse is not None:
+            rec, how = inverse(observed), "white-box least squares"
+        else:
+            with _attacker_view(model, grad=True):
+                rec = optimise_inverse(head, observed, shape, steps=opts.inversion_steps, seed=opts.seed)
+            how = "white-box optimisation"
+        recon[f"{how} ({codec})"] = rec
+        out.append({"attack": how, "target": "input", "codec": codec, **image_scores(x, rec),
+                    "seconds": round(time.time() - t0, 1)})
+        log(f"{how} ({codec}): PSNR {out[-1]['psnr_db']:.1f} dB")
+        t0 = time.time()
+        dec = fit_patch_decoder(_wire(aux_sent, codec)[:, rows_idx], aux, patch, opts.decoder_epochs, opts.seed)
+        with torch.no_grad():
+            rec = dec(observed[:, rows_idx])
+        recon[f"black-box decoder ({codec})"] = rec
+        out.append({"attack": "black-box decoder", "target": "input", "codec": codec, **image_scores(x, rec),
+                    "seconds": round(time.time() - t0, 1), "auxiliary": aux_name})
+        log(f"black-box decoder ({codec}): PSNR {out[-1]['psnr_db']:.1f} dB")
+    recon = {"original": x, **recon}
+    return out, recon
+
+
+def _text_attacks(run: Any, parts: Any, victims: list[str], opts: AuditOptions,
+                  log: Callable[[str], None]) -> list[dict[str, Any]]:
+    from fedft.data.datasets import tokenize
+
+    model, cfg = run.model, run.cfg
+    enc = tokenize(run.preprocess, victims, cfg.data.max_length)
+    aux_texts = list(run.raw.test_x)[: opts.aux_size]  # the test split: disjoint from the clients' data
+    aux = tokenize(run.preprocess, aux_texts, cfg.data.max_length)
+
+    def head(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([parts.head({k: v[i:i + 16] for k, v in batch.items()})[0]
+                              for i in range(0, len(batch["input_ids"]), 16)])
+
+    sent, aux_sent = head(enc), head(aux)
+    rows = _token_rows(model, sent.shape[1])  # aligned with input_ids
+    real = enc["attention_mask"].bool()
+    ids = enc["input_ids"]
+    aux_ids = aux["input_ids"][aux["attention_mask"].bool()]
+    common = torch.bincount(aux_ids).argmax()
+    out: list[dict[str, Any]] = [{"attack": "chance (most frequent auxiliary token)", "target": "tokens",
+                                  "codec": "-", "token_accuracy": float((ids[real] == common).float().mean())}]
+    vocab = int(model.backbone.get_input_embeddings().num_embeddings)
+
+    def embed(cand: torch.Tensor) -> torch.Tensor:  # (V, T) ids -> (V, T, D) at the cut with no blocks
+        h, _ = model.arch.embed(model.backbone, {"input_ids": cand, "attention_mask": torch.ones_like(cand)})
+        return h
+
+    for codec in opts.codecs:
+        observed = _wire(sent, codec)[:, rows]
+        t0 = time.time()
+        with _attacker_view(model):
+            got = nearest_tokens(embed, observed, vocab)
+        out.append({"attack": "nearest embedding", "target": "tokens", "codec": codec,
+                    "token_accuracy": float((got[real] == ids[real]).float().mean()),
+                    "seconds": round(time.time() - t0, 1)})
+        t0 = time.time()
+        aux_obs = _wire(aux_sent, codec)[:, rows][aux["attention_mask"].bool()]
+        probe = fit_token_probe(aux_obs, aux_ids, opts.probe_epochs, opts.seed)
+        got = probe.predict(observed[real])
+        out.append({"attack": "learned probe", "target": "tokens", "codec": codec,
+                    "token_accuracy": float((got == ids[real]).float().mean()),
+                    "seconds": round(time.time() - t0, 1),
+                    "auxiliary": f"{len(aux_texts)} {cfg.data.name} test texts"})
+        log(f"tokens ({codec}): nearest {out[-2]['token_accuracy']:.3f}, probe {out[-1]['token_accuracy']:.3f}")
+    return out
+
+
+def _label_attacks(run: Any, parts: Any, batches: list[dict[str, torch.Tensor]], opts: AuditOptions,
+                   log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Replay split training's traffic (train-mode tail, the run's batch size) and attack the
+    gradients the tail sends up."""
+    import copy
+
+    model, n_classes = run.model, run.raw.num_labels
+    saved = copy.deepcopy(parts.tail.state_dict())  # train mode updates running statistics
+    out: list[dict[str, Any]] = []
+    labels = torch.cat([b["labels"] for b in batches])
+    for codec in opts.codecs:
+        gs, inferred = [], []
+        parts.tail.train()  # as in split training
+        for batch in batches:
+            with torch.no_grad():
+                h, mask = parts.head(batch)
+                z = _wire(parts.body(_wire(h, codec), mask), codec)
+            zc = z.clone().requires_grad_(True)
+            model.loss(parts.tail(zc, mask), batch).backward()
+            assert zc.grad is not None
+            g = _wire(zc.grad, codec)
+            gs.append(g)
+            inferred.append(known_tail_labels(lambda t, m=mask: parts.tail(t, m), z, g, n_classes))
+            parts.tail.load_state_dict(saved)  # train-mode statistics as at the start of the batch
+        parts.tail.eval()
+        grads, inferred_all = torch.cat(gs), torch.cat(inferred)
+        known = label_scores(labels, inferred_all)
+        clustered = label_scores(labels, cluster_labels(grads, labels, n_classes, opts.seed))
+        auc, auc_chance = norm_auc(grads, labels, seed=opts.seed)
+        out += [
+            {"attack": "known tail (gradient matching)", "target": "labels", "codec": codec,
+             "accuracy": known["accuracy"], "chance": known["chance_accuracy"]},
+            {"attack": "gradient direction clustering (best naming)", "target": "labels", "codec": codec,
+             "accuracy": clustered["accuracy"], "chance": clustered["chance_accuracy"]},
+            {"attack": "gradient norm (one-vs-rest AUC)", "target": "labels", "codec": codec,
+             "auc": auc, "chance": auc_chance},
+        ]
+        log(f"labels ({codec}): known tail {known['accuracy']:.3f}, clustering {clustered['accuracy']:.3f}, "
+            f"norm AUC {auc:.3f} (chance {known['chance_accuracy']:.3f} / {auc_chance:.3f})")
+    return out
+
+
+def audit(run_dir: str | Path, opts: AuditOptions | None = None,
+          log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Replay RUN_DIR's split traffic, attack it, write ``privacy.json`` and ``privacy.png``."""
+    from fedft.evaluation import load_run
+    from fedft.split import SplitSpec, split_model
+    from fedft.strategies import STRATEGIES
+
+    opts = opts or AuditOptions()
+    t0 = time.time()
+    path = Path(run_dir)
+    run = load_run(path)
+    cfg = run.cfg
+    if STRATEGIES.get(cfg.federation.strategy).family != "split":
+        raise FedftError(f"{path} ran strategy {cfg.federation.strategy!r}, which sends no activations; the "
+                         "privacy attacks replay a split run (sfprompt, sfl, split_fedavg, ...)")
+    model = run.model
+    model.eval()
+    parts = split_model(model, SplitSpec(cfg.split.head_blocks, cfg.split.tail_blocks))
+    torch.manual_seed(opts.seed)  # the defence noise draws
+    n = len(run.raw.train_y)
+    idx = np.sort(np.random.default_rng(opts.seed).choice(n, size=min(opts.samples, n), replace=False))
+    victims = run.raw.train_x[idx] if isinstance(run.raw.train_x, np.ndarray) else [run.raw.train_x[i] for i in idx]
+    recon: dict[str, torch.Tensor] = {}
+    if run.raw.modality == "image":
+        rows, recon = _image_attacks(run, parts, victims, opts, log)
+    elif run.raw.modality == "text":
+        rows = _text_attacks(run, parts, victims, opts, log)
+    else:
+        raise FedftError(f"privacy attacks support image and text classification runs, not {run.raw.modality!r}")
+    from fedft.data.datasets import encode
+
+    train = encode(run.raw, "train", run.preprocess, cfg.data.max_length)
+    b = cfg.train.batch_size
+    batches = [train.batch(idx[i:i + b]) for i in range(0, len(idx), b)]
+    rows += _label_attacks(run, parts, batches, opts, log)
+    result = {
+        "run_dir": str(path), "round": run.round, "strategy": cfg.federation.strategy,
+        "model": cfg.model.name, "dataset": cfg.data.name,
+        "split": {"head_blocks": cfg.split.head_blocks, "tail_blocks": cfg.split.tail_blocks,
+                  "wire_dtype": cfg.split.wire_dtype, "noise": cfg.split.noise, "nopeek": cfg.split.nopeek},
+        "options": {**asdict(opts), "codecs": list(opts.codecs)},
+        "attacks": rows, "seconds": round(time.time() - t0, 1),
+    }
+    (path / PRIVACY_JSON).write_text(json.dumps(result, indent=2) + "\n")
+    if recon:
+        save_grid(recon, path / PRIVACY_PNG, opts.grid,
+                  title=f"what the server reconstructs: h = {cfg.split.head_blocks}, noise {cfg.split.noise}, "
+                        f"nopeek {cfg.split.nopeek}")
+    return result
+
+
+def save_grid(images: dict[str, torch.Tensor], out: Path, n: int, title: str = "") -> None:
+    """One row per entry (originals first), ``n`` images each, captioned with mean PSNR."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(n, len(next(iter(images.values()))))
+    fig, axes = plt.subplots(len(images), n, figsize=(1.2 * n, 1.35 * len(images)), squeeze=False)
+    original = images["original"]
+    for r, (name, imgs) in enumerate(images.items()):
+        label = name if name == "original" else f"{name}\n{image_scores(original, imgs)['psnr_db']:.1f} dB"
+        for c in range(n):
+            ax = axes[r][c]
+            ax.imshow(imgs[c].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """The attack table on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    s = result["split"]
+    table = Table(title=f"fedft privacy: {result['run_dir']} (h = {s['head_blocks']}, t = {s['tail_blocks']}, "
+                        f"noise {s['noise']}, nopeek {s['nopeek']})", header_style="bold")
+    for col in ("target", "attack", "codec", "score", "chance"):
+        table.add_column(col, justify="right" if col in ("score", "chance") else "left")
+    chance: dict[str, str] = {}
+    for row in result["attacks"]:
+        if row["attack"].startswith("chance"):
+            key = "psnr_db" if "psnr_db" in row else "token_accuracy"
+            chance[row["target"]] = f"{row[key]:.3g}" + (" dB" if key == "psnr_db" else "")
+            continue
+        if "psnr_db" in row:
+            score = f"{row['psnr_db']:.1f} dB, SSIM {row['ssim']:.3f}"
+        elif "token_accuracy" in row:
+            score = f"{row['token_accuracy']:.3f} tokens"
+        elif "auc" in row:
+            score = f"AUC {row['auc']:.3f}"
+        else:
+            score = f"{row['accuracy']:.3f} acc"
+        ref = f"{row['chance']:.3f}" if "chance" in row else chance.get(row["target"], "")
+        table.add_row(row["target"], row["attack"], row["codec"], score, ref)
+    Console().print(table)
