@@ -9,7 +9,7 @@ client FLOPs, bytes, attack scores) to ``--results``/tradeoff.csv and .json, the
 tradeoff.png, and copies each arm's small artifacts (config, summary, metrics, privacy.json,
 privacy.png) under ``--results``/runs/<arm>/.
 
-    .venv/bin/python experiments/privacy_tradeoff.py                 # every arm (about 50 min, 2 cores)
+    .venv/bin/python experiments/privacy_tradeoff.py                 # every arm (about 70 min, 2 cores)
     .venv/bin/python experiments/privacy_tradeoff.py --arms h0 h0-n0.5
     .venv/bin/python experiments/privacy_tradeoff.py --report-only   # tables and plot from finished arms
 """
@@ -40,13 +40,24 @@ ARMS: dict[str, list[str]] = {
     "h4": ["split.head_blocks=4"],
     "h4-n0.5": ["split.head_blocks=4", "split.noise=0.5"],
     "h4-nopeek": ["split.head_blocks=4", "split.nopeek=1.0"],
+    # trained with the fp16 wire (the other arms train on fp32 and are attacked under both codecs)
+    "h0-fp16": ["split.head_blocks=0", "split.wire_dtype=fp16"],
+    "h2-fp16": ["split.head_blocks=2", "split.wire_dtype=fp16"],
 }
+# the same for text: SFPrompt on MiniLM-L6 / BBC News [D] (600 train, 300 test texts, 128 tokens)
+TEXT = ["model.name=minilm-l6", "data.name=bbc-news", "data.max_length=128", "data.train_size=600",
+        "data.test_size=300"]
+for _h in (0, 1, 2, 4):
+    ARMS[f"bbc-h{_h}"] = [*TEXT, f"split.head_blocks={_h}"]
+ARMS["bbc-h0-n0.5"] = [*TEXT, "split.head_blocks=0", "split.noise=0.5"]
+ARMS["bbc-h2-n0.5"] = [*TEXT, "split.head_blocks=2", "split.noise=0.5"]
 ARTIFACTS = ("config.toml", "summary.json", "metrics.csv", "privacy.json", "privacy.png")
 ATTACKS = {  # column -> (attack name prefix, score key)
     "whitebox_psnr": ("white-box", "psnr_db"), "whitebox_ssim": ("white-box", "ssim"),
     "blackbox_psnr": ("black-box decoder", "psnr_db"), "blackbox_ssim": ("black-box decoder", "ssim"),
     "label_known_tail": ("known tail", "accuracy"), "label_cluster": ("gradient direction", "accuracy"),
     "label_norm_auc": ("gradient norm", "auc"),
+    "tokens_nearest": ("nearest embedding", "token_accuracy"), "tokens_probe": ("learned probe", "token_accuracy"),
 }
 
 
@@ -63,7 +74,9 @@ def run_arm(root: Path, arm: str, rounds: int, test_size: int, audit: list[str],
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
     if not (out / "privacy.json").is_file():
-        cmd = [sys.executable, "-m", "fedft.cli", "privacy", str(out), *audit]
+        wire = [kv.split("=")[1] for kv in ARMS[arm] if kv.startswith("split.wire_dtype=")]
+        cmd = [sys.executable, "-m", "fedft.cli", "privacy", str(out), *audit,
+               *(["--codecs", wire[0]] if wire else [])]  # a run trained on fp16 only ever sent fp16
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
 
@@ -77,10 +90,11 @@ def rows_of(arm: str, d: Path) -> list[dict[str, Any]]:
     for codec in privacy["options"]["codecs"]:
         row: dict[str, Any] = {
             "arm": arm, "head_blocks": split["head_blocks"], "noise": split["noise"], "nopeek": split["nopeek"],
-            "codec": codec, "accuracy": summary["final_accuracy"], "client_flops": summary["client_flops"],
+            "trained_wire": split["wire_dtype"], "codec": codec, "accuracy": summary["final_accuracy"], "client_flops": summary["client_flops"],
             "bytes_total": summary["bytes_total"],
             "bytes_activations_up": summary["bytes_by_kind"].get("activations_up", 0),
-            "chance_psnr": chance["psnr_db"], "chance_ssim": chance["ssim"],
+            "chance_psnr": chance.get("psnr_db"), "chance_ssim": chance.get("ssim"),
+            "chance_tokens": chance.get("token_accuracy"),
         }
         for col, (prefix, key) in ATTACKS.items():
             hits = [a for a in privacy["attacks"] if a["codec"] == codec and a["attack"].startswith(prefix)]
@@ -101,7 +115,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    fp32 = [r for r in rows if r["codec"] == "fp32"]
+    # each arm under the codec it trained with (what its clients really sent)
+    fp32 = [r for r in rows if r["codec"] == r["trained_wire"] and r["whitebox_psnr"] is not None]
+    if not fp32:
+        return
     for ax, key, name in ((axes[0], "whitebox_psnr", "white-box"), (axes[1], "blackbox_psnr", "black-box decoder")):
         xs = [r["client_flops"] / 1e12 for r in fp32]
         ys = [r[key] for r in fp32]
@@ -115,7 +132,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(f"{name} reconstruction PSNR (dB; lower = more private)")
         fig.colorbar(sc, ax=ax, label="test accuracy")
     fig.suptitle("SFPrompt on DINOv2-small / MNIST: what the server reconstructs vs client compute and accuracy "
-                 "(fp32 wire)", fontsize=9)
+                 "(each run's own wire codec)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -144,20 +161,24 @@ def report(root: Path, results: Path, arms: list[str]) -> list[dict[str, Any]]:
     (results / "tradeoff.json").write_text(json.dumps(rows, indent=2) + "\n")
     plot(rows, results / "tradeoff.png")
     for r in rows:
-        print(f"{r['arm']:10s} {r['codec']} acc {r['accuracy']:.3f}  client {r['client_flops'] / 1e12:6.2f} TFLOP  "
-              f"wb {r['whitebox_psnr']:.1f} dB  bb {r['blackbox_psnr']:.1f} dB  "
-              f"labels {r['label_known_tail']:.2f}/{r['label_cluster']:.2f}")
+        leak = (f"wb {r['whitebox_psnr']:.1f} dB  bb {r['blackbox_psnr']:.1f} dB" if r["whitebox_psnr"] is not None
+                else f"tokens {r['tokens_nearest']:.3f} / {r['tokens_probe']:.3f}")
+        print(f"{r['arm']:12s} {r['codec']} acc {r['accuracy']:.3f}  client {r['client_flops'] / 1e12:6.2f} TFLOP  "
+              f"{leak}  labels {r['label_known_tail']:.2f}/{r['label_cluster']:.2f}")
     return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS), help="arms to run (default all)")
+    p.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS),
+                   help="arms to run (default all: the image arms, then the bbc-* text arms)")
     p.add_argument("--rounds", type=int, default=4, help="rounds per arm [D] (4; the main job runs 10)")
     p.add_argument("--test-size", type=int, default=1000, help="test images scored after the last round")
     p.add_argument("--samples", type=int, default=32, help="client samples attacked per arm")
     p.add_argument("--steps", type=int, default=200, help="optimisation-inversion steps (h >= 1)")
+    p.add_argument("--aux-size", type=int, default=1000, help="auxiliary images for the black-box decoder")
+    p.add_argument("--text-aux", type=int, default=200, help="auxiliary texts for the token probe")
     p.add_argument("--root", type=Path, default=Path("runs/privacy"), help="run directories")
     p.add_argument("--results", type=Path, default=Path("experiments/results/privacy"), help="artifacts")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override for every arm")
@@ -166,7 +187,9 @@ def main() -> None:
     if not a.report_only:
         audit = ["--samples", str(a.samples), "--steps", str(a.steps)]
         for arm in a.arms:
-            run_arm(a.root, arm, a.rounds, a.test_size, audit, a.set)
+            text = arm.startswith("bbc-")  # fewer auxiliary texts: the probe's vocabulary grows with them
+            run_arm(a.root, arm, a.rounds, 300 if text else a.test_size,
+                    [*audit, "--aux-size", str(a.text_aux if text else a.aux_size)], a.set)
     report(a.root, a.results, a.arms)
 
 

@@ -96,7 +96,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_privacy(args: argparse.Namespace) -> int:
-    from fedft.privacy.audit import AuditOptions, audit, print_table
+    from fedft.privacy.audit import AuditOptions, audit
+    from fedft.privacy.report import print_table
 
     codecs = tuple(c.strip() for c in args.codecs.split(",") if c.strip())
     opts = AuditOptions(samples=args.samples, aux_size=args.aux_size, codecs=codecs,

@@ -197,6 +197,23 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """``fedft privacy`` inside an experiment: after the last round, attack the run's own traffic
+    (fedft/privacy/audit.py; docs/privacy.md). [D] off; the other values are the command's defaults."""
+
+    enabled: bool = False
+    samples: int = 64
+    aux_size: int = 1000
+    codecs: str = "fp32,fp16"  # comma-separated wire dtypes to replay
+    inversion_steps: int = 300
+    decoder_epochs: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "aux_size", "inversion_steps", "decoder_epochs"):
+            _check(getattr(self, name) >= 1, f"privacy.{name}", "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """The whole experiment."""
 
@@ -209,6 +226,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     seed: int = 0
 
     @classmethod
@@ -268,6 +286,9 @@ def validate_names(cfg: ExperimentConfig) -> None:
                                      (cfg.federation.aggregator, "federation.aggregator", AGGREGATORS.names())):
         if value not in names:
             raise ConfigError(f"bad value {value!r} for {field_name}; allowed: {', '.join(names)}")
+    if cfg.privacy.enabled and STRATEGIES.get(cfg.federation.strategy).family != "split":
+        raise ConfigError(f"privacy.enabled attacks split traffic; strategy {cfg.federation.strategy!r} sends "
+                          "none: set privacy.enabled = false or use a split strategy")
     if (cfg.split.noise or cfg.split.nopeek) and STRATEGIES.get(cfg.federation.strategy).family != "split":
         raise ConfigError(f"split.noise and split.nopeek defend split traffic; strategy "
                           f"{cfg.federation.strategy!r} sends none: set them to 0 or use a split strategy")

@@ -28,6 +28,13 @@ def run(cfg: ExperimentConfig, out: str | Path | None = None, show: bool = True,
     rd.write_summary(summary)
     if show:
         print_summary(summary, title=f"fedft run: {cfg.federation.strategy} / {cfg.method.name}")
+    if cfg.privacy.enabled:  # attack the run's own traffic (writes privacy.json / privacy.png)
+        from fedft.privacy.audit import AuditOptions, audit
+        from fedft.privacy.report import print_table
+
+        result = audit(rd.path, AuditOptions.from_config(cfg.privacy))
+        if show:
+            print_table(result)
     return summary
 
 

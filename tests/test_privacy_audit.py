@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from test_evaluation import TINY
 
 from fedft.cli import main
 from fedft.config import ExperimentConfig, validate_names
@@ -18,7 +19,6 @@ from fedft.runner import run
 from fedft.split import SplitSpec, split_model
 from fedft.split.defence import add_activation_noise, distance_correlation, noise_off
 from fedft.split.step import split_step
-from test_evaluation import TINY
 
 pytestmark = pytest.mark.usefixtures("_one_thread")
 FAST = AuditOptions(samples=16, aux_size=64, inversion_steps=30, decoder_epochs=2, probe_epochs=2)
@@ -50,6 +50,15 @@ def test_privacy_cli_inverts_an_embedding_only_head_and_writes_its_artifacts(tmp
     for codec in ("fp32", "fp16"):
         known = next(a for a in result["attacks"] if a["attack"].startswith("known tail") and a["codec"] == codec)
         assert 0 <= known["chance"] < 1 and known["accuracy"] > known["chance"]
+
+
+def test_the_privacy_section_attacks_the_run_after_its_last_round(tmp_path):
+    d = _run(tmp_path, "inside", "privacy.enabled=true", "privacy.samples=8", "privacy.aux_size=32",
+             "privacy.codecs=fp16", "privacy.decoder_epochs=1")
+    result = json.loads((d / "privacy.json").read_text())
+    assert result["options"]["codecs"] == ["fp16"] and result["options"]["samples"] == 8
+    with pytest.raises(ConfigError, match="privacy.enabled"):
+        validate_names(ExperimentConfig.from_overrides(["privacy.enabled=true", "federation.strategy=fl_full"]))
 
 
 def test_noise_defence_degrades_the_white_box_reconstruction(tmp_path):

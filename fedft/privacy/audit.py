@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from fedft.body.codec import to_wire
+from fedft.config import PrivacyConfig
 from fedft.errors import FedftError
 from fedft.privacy.decoders import fit_patch_decoder, fit_token_probe, nearest_tokens
 from fedft.privacy.inversion import AffineInverse, optimise_inverse
@@ -47,14 +48,21 @@ AFFINE_TOLERANCE = 1e-4  # relative residual under which the head counts as affi
 class AuditOptions:
     """What to replay and how hard to attack ([D] fedft's defaults)."""
 
-    samples: int = 64  # clients' training samples attacked
-    aux_size: int = 1000  # auxiliary samples for the learned attacks (disjoint from the clients')
-    codecs: tuple[str, ...] = ("fp32", "fp16")
-    inversion_steps: int = 300  # Adam steps of the optimisation inversion (head_blocks >= 1)
-    decoder_epochs: int = 20
+    samples: int = PrivacyConfig.samples  # clients' training samples attacked
+    aux_size: int = PrivacyConfig.aux_size  # auxiliary samples for the learned attacks (disjoint from the clients')
+    codecs: tuple[str, ...] = tuple(PrivacyConfig.codecs.split(","))
+    inversion_steps: int = PrivacyConfig.inversion_steps  # Adam steps of the optimisation inversion (h >= 1)
+    decoder_epochs: int = PrivacyConfig.decoder_epochs
     probe_epochs: int = 5
     grid: int = 8  # images per row of privacy.png
     seed: int = 0
+
+    @classmethod
+    def from_config(cls, c: PrivacyConfig) -> AuditOptions:
+        """From a :class:`fedft.config.PrivacyConfig` (the ``[privacy]`` section)."""
+        return cls(samples=c.samples, aux_size=c.aux_size, inversion_steps=c.inversion_steps,
+                   decoder_epochs=c.decoder_epochs,
+                   codecs=tuple(x.strip() for x in c.codecs.split(",") if x.strip()))
 
     def __post_init__(self) -> None:
         from fedft.body.codec import check_wire_dtype
@@ -120,6 +128,23 @@ def _aux_images(cfg: Any, n: int, seed: int) -> tuple[np.ndarray, str]:
 # -- attacks ------------------------------------------------------------------------------------------
 
 
+def _affine_inverse(head: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...], run: Any,
+                    opts: AuditOptions, log: Callable[[str], None]) -> AffineInverse | None:
+    """The least-squares inverse of the head when it is affine in the pixels (no client block,
+    linear preprocessing; checked on random inputs), else None (then optimisation is used)."""
+    if run.cfg.split.head_blocks != 0 or getattr(run.preprocess, "mode", "") != "bilinear":
+        return None
+    with _attacker_view(run.model):
+        inverse = AffineInverse(head, shape)
+        probe = torch.rand(4, *shape, generator=torch.Generator().manual_seed(opts.seed))
+        y = head(probe).flatten(1)
+        residual = float((inverse.forward_map(probe) - y).norm() / y.norm())
+    if residual > AFFINE_TOLERANCE:
+        log(f"head is not affine in the pixels (relative residual {residual:.2e}); using optimisation")
+        return None
+    return inverse
+
+
 def _image_attacks(run: Any, parts: Any, victims: np.ndarray, opts: AuditOptions,
                    log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
     model, pre, cfg = run.model, run.preprocess, run.cfg
@@ -149,16 +174,7 @@ def _image_attacks(run: Any, parts: Any, victims: np.ndarray, opts: AuditOptions
     out: list[dict[str, Any]] = [{"attack": "chance (auxiliary mean image)", "target": "input",
                                   "codec": "-", **chance}]
     recon: dict[str, torch.Tensor] = {}
-    inverse = None
-    if cfg.split.head_blocks == 0 and getattr(pre, "mode", "") == "bilinear":
-        with _attacker_view(model):
-            inverse = AffineInverse(head, shape)
-            probe = torch.rand(4, *shape, generator=torch.Generator().manual_seed(opts.seed))
-            y = head(probe).flatten(1)
-            residual = float((inverse.forward_map(probe) - y).norm() / y.norm())
-        if residual > AFFINE_TOLERANCE:
-            log(f"head is not affine in the pixels (relative residual {residual:.2e}); using optimisation")
-            inverse = None
+    inverse = _affine_inverse(head, shape, run, opts, log)
     for codec in opts.codecs:
         observed = _wire(sent, codec)
         t0 = time.time()
@@ -319,61 +335,9 @@ def audit(run_dir: str | Path, opts: AuditOptions | None = None,
     }
     (path / PRIVACY_JSON).write_text(json.dumps(result, indent=2) + "\n")
     if recon:
+        from fedft.privacy.report import save_grid
+
         save_grid(recon, path / PRIVACY_PNG, opts.grid,
                   title=f"what the server reconstructs: h = {cfg.split.head_blocks}, noise {cfg.split.noise}, "
                         f"nopeek {cfg.split.nopeek}")
     return result
-
-
-def save_grid(images: dict[str, torch.Tensor], out: Path, n: int, title: str = "") -> None:
-    """One row per entry (originals first), ``n`` images each, captioned with mean PSNR."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = min(n, len(next(iter(images.values()))))
-    fig, axes = plt.subplots(len(images), n, figsize=(1.2 * n, 1.35 * len(images)), squeeze=False)
-    original = images["original"]
-    for r, (name, imgs) in enumerate(images.items()):
-        label = name if name == "original" else f"{name}\n{image_scores(original, imgs)['psnr_db']:.1f} dB"
-        for c in range(n):
-            ax = axes[r][c]
-            ax.imshow(imgs[c].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def print_table(result: dict[str, Any]) -> None:
-    """The attack table on the terminal."""
-    from rich.console import Console
-    from rich.table import Table
-
-    s = result["split"]
-    table = Table(title=f"fedft privacy: {result['run_dir']} (h = {s['head_blocks']}, t = {s['tail_blocks']}, "
-                        f"noise {s['noise']}, nopeek {s['nopeek']})", header_style="bold")
-    for col in ("target", "attack", "codec", "score", "chance"):
-        table.add_column(col, justify="right" if col in ("score", "chance") else "left")
-    chance: dict[str, str] = {}
-    for row in result["attacks"]:
-        if row["attack"].startswith("chance"):
-            key = "psnr_db" if "psnr_db" in row else "token_accuracy"
-            chance[row["target"]] = f"{row[key]:.3g}" + (" dB" if key == "psnr_db" else "")
-            continue
-        if "psnr_db" in row:
-            score = f"{row['psnr_db']:.1f} dB, SSIM {row['ssim']:.3f}"
-        elif "token_accuracy" in row:
-            score = f"{row['token_accuracy']:.3f} tokens"
-        elif "auc" in row:
-            score = f"AUC {row['auc']:.3f}"
-        else:
-            score = f"{row['accuracy']:.3f} acc"
-        ref = f"{row['chance']:.3f}" if "chance" in row else chance.get(row["target"], "")
-        table.add_row(row["target"], row["attack"], row["codec"], score, ref)
-    Console().print(table)
