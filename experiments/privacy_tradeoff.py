@@ -40,6 +40,10 @@ ARMS: dict[str, list[str]] = {
     "h4": ["split.head_blocks=4"],
     "h4-n0.5": ["split.head_blocks=4", "split.noise=0.5"],
     "h4-nopeek": ["split.head_blocks=4", "split.nopeek=1.0"],
+    # the client also fine-tunes its head blocks (split.train_head), without and with NoPeek
+    "h1-train": ["split.head_blocks=1", "split.train_head=true"],
+    "h1-train-nopeek": ["split.head_blocks=1", "split.train_head=true", "split.nopeek=1.0"],
+    "h4-train-nopeek": ["split.head_blocks=4", "split.train_head=true", "split.nopeek=1.0"],
     # trained with the fp16 wire (the other arms train on fp32 and are attacked under both codecs)
     "h0-fp16": ["split.head_blocks=0", "split.wire_dtype=fp16"],
     "h2-fp16": ["split.head_blocks=2", "split.wire_dtype=fp16"],
@@ -90,6 +94,7 @@ def rows_of(arm: str, d: Path) -> list[dict[str, Any]]:
     for codec in privacy["options"]["codecs"]:
         row: dict[str, Any] = {
             "arm": arm, "head_blocks": split["head_blocks"], "noise": split["noise"], "nopeek": split["nopeek"],
+            "train_head": "split.train_head=true" in ARMS[arm],
             "trained_wire": split["wire_dtype"], "codec": codec, "accuracy": summary["final_accuracy"], "client_flops": summary["client_flops"],
             "bytes_total": summary["bytes_total"],
             "bytes_activations_up": summary["bytes_by_kind"].get("activations_up", 0),
@@ -138,6 +143,28 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _f(v: Any, fmt: str) -> str:
+    return "" if v is None else format(v, fmt)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The cut x defence x codec table of the report (one row per arm and codec)."""
+    head = ("| arm | h | noise | NoPeek | head trains | trained wire | attacked codec | accuracy | client TFLOP | bytes (GB) "
+            "| white-box PSNR dB / SSIM | black-box PSNR dB / SSIM | tokens nearest / probe "
+            "| labels: known tail / clustering / norm AUC |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['arm']} | {r['head_blocks']} | {r['noise']:g} | {r['nopeek']:g} | {'yes' if r['train_head'] else 'no'} "
+            f"| {r['trained_wire']} | {r['codec']} "
+            f"| {r['accuracy']:.3f} | {r['client_flops'] / 1e12:.2f} | {r['bytes_total'] / 1e9:.2f} "
+            f"| {_f(r['whitebox_psnr'], '.1f')} / {_f(r['whitebox_ssim'], '.3f')} "
+            f"| {_f(r['blackbox_psnr'], '.1f')} / {_f(r['blackbox_ssim'], '.3f')} "
+            f"| {_f(r['tokens_nearest'], '.3f')} / {_f(r['tokens_probe'], '.3f')} "
+            f"| {r['label_known_tail']:.3f} / {r['label_cluster']:.3f} / {r['label_norm_auc']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def report(root: Path, results: Path, arms: list[str]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for arm in arms:
@@ -160,6 +187,7 @@ def report(root: Path, results: Path, arms: list[str]) -> list[dict[str, Any]]:
         w.writerows(rows)
     (results / "tradeoff.json").write_text(json.dumps(rows, indent=2) + "\n")
     plot(rows, results / "tradeoff.png")
+    (results / "tradeoff.md").write_text(markdown(rows))
     for r in rows:
         leak = (f"wb {r['whitebox_psnr']:.1f} dB  bb {r['blackbox_psnr']:.1f} dB" if r["whitebox_psnr"] is not None
                 else f"tokens {r['tokens_nearest']:.3f} / {r['tokens_probe']:.3f}")

@@ -110,6 +110,9 @@ class SplitConfig:
     # correlation penalty weight in the client's split-training loss (needs head_blocks >= 1)
     noise: float = 0.0
     nopeek: float = 0.0
+    # [D] the client also trains its head blocks (FedAvg-ed with what the method trains; they then
+    # travel each round), so that a NoPeek penalty can reshape what is sent
+    train_head: bool = False
 
     def __post_init__(self) -> None:
         _check(self.head_blocks >= 0, "split.head_blocks", "an integer >= 0")
@@ -289,9 +292,9 @@ def validate_names(cfg: ExperimentConfig) -> None:
     if cfg.privacy.enabled and STRATEGIES.get(cfg.federation.strategy).family != "split":
         raise ConfigError(f"privacy.enabled attacks split traffic; strategy {cfg.federation.strategy!r} sends "
                           "none: set privacy.enabled = false or use a split strategy")
-    if (cfg.split.noise or cfg.split.nopeek) and STRATEGIES.get(cfg.federation.strategy).family != "split":
-        raise ConfigError(f"split.noise and split.nopeek defend split traffic; strategy "
-                          f"{cfg.federation.strategy!r} sends none: set them to 0 or use a split strategy")
+    if (cfg.split.noise or cfg.split.nopeek or cfg.split.train_head) and STRATEGIES.get(cfg.federation.strategy).family != "split":
+        raise ConfigError(f"split.noise, split.nopeek and split.train_head act on split traffic; strategy "
+                          f"{cfg.federation.strategy!r} sends none: unset them or use a split strategy")
 
 
 def main_job_path() -> Path:

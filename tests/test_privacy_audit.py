@@ -76,6 +76,23 @@ def test_a_head_with_blocks_is_attacked_by_optimisation(tmp_path):
     assert _score(result, "white-box optimisation", "fp32", "psnr_db") > chance
 
 
+def test_train_head_fine_tunes_and_sends_the_head_blocks(tmp_path):
+    from fedft.evaluation import load_run
+    from fedft.model.build import build_model
+
+    frozen = _run(tmp_path, "frozen", "split.head_blocks=1")
+    trained = _run(tmp_path, "trained", "split.head_blocks=1", "split.train_head=true", "split.nopeek=0.5")
+    sent = [json.loads((d / "summary.json").read_text())["bytes_by_kind"]["params_up"] for d in (frozen, trained)]
+    assert sent[1] > sent[0]
+    run_ = load_run(trained)
+    fresh, _, _ = build_model(run_.cfg, run_.raw.num_labels)
+    name = next(n for n, _ in run_.model.blocks[0].named_parameters())
+    assert not torch.equal(dict(run_.model.blocks[0].named_parameters())[name],
+                           dict(fresh.blocks[0].named_parameters())[name])
+    assert torch.equal(dict(run_.model.blocks[1].named_parameters())[name],  # the body stays frozen
+                       dict(fresh.blocks[1].named_parameters())[name])
+
+
 def test_text_tokens_are_recovered_exactly_by_nearest_embedding_at_the_embedding_cut(tmp_path):
     d = _run(tmp_path, "text", "model.name=tiny-bert", "data.name=synthetic-text", "data.max_length=16",
              "model.readout=mean")

@@ -54,6 +54,8 @@ def split_parts(cfg: ExperimentConfig, model: Any) -> Any:
     parts = split_model(model, SplitSpec(cfg.split.head_blocks, cfg.split.tail_blocks))
     if cls.trains_tail:
         parts.unfreeze_tail_blocks()
+    if cfg.split.train_head:
+        parts.unfreeze_head_blocks()
     return parts
 
 

@@ -106,6 +106,12 @@ class SplitParts:
         for p in self.tail.blocks.parameters():
             p.requires_grad_(True)
 
+    def unfreeze_head_blocks(self) -> None:
+        """Make the head's transformer blocks trainable (``split.train_head``: the client fine-tunes
+        what it sends, for example under the NoPeek penalty). A no-op for h = 0."""
+        for p in self.head.blocks.parameters():
+            p.requires_grad_(True)
+
     def freeze_body(self) -> None:
         """Freeze the body and put it in eval mode (SFPrompt's server part)."""
         self.body.requires_grad_(False)
