@@ -25,13 +25,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# arm -> overrides of the main job [D]: cuts h in {0, 1, 2, 4}; noise at 0.1 / 0.5 / 1.0 x the
-# activations' RMS; NoPeek weight 1 (needs h >= 1)
+# arm -> overrides of the main job [D]: cuts h in {0, 1, 2, 4}; noise at 0.1 / 0.5 / 1 / 3 / 10 x
+# the activations' RMS; NoPeek weight 1 (needs h >= 1)
 ARMS: dict[str, list[str]] = {
     "h0": ["split.head_blocks=0"],
     "h0-n0.1": ["split.head_blocks=0", "split.noise=0.1"],
     "h0-n0.5": ["split.head_blocks=0", "split.noise=0.5"],
     "h0-n1": ["split.head_blocks=0", "split.noise=1.0"],
+    "h0-n3": ["split.head_blocks=0", "split.noise=3.0"],
+    "h0-n10": ["split.head_blocks=0", "split.noise=10.0"],
     "h1": ["split.head_blocks=1"],
     "h1-n0.5": ["split.head_blocks=1", "split.noise=0.5"],
     "h1-nopeek": ["split.head_blocks=1", "split.nopeek=1.0"],
