@@ -57,13 +57,14 @@ for _h in (0, 1, 2, 4):
     ARMS[f"bbc-h{_h}"] = [*TEXT, f"split.head_blocks={_h}"]
 ARMS["bbc-h0-n0.5"] = [*TEXT, "split.head_blocks=0", "split.noise=0.5"]
 ARMS["bbc-h2-n0.5"] = [*TEXT, "split.head_blocks=2", "split.noise=0.5"]
-ARTIFACTS = ("config.toml", "summary.json", "metrics.csv", "privacy.json", "privacy.png")
+ARTIFACTS = ("config.toml", "summary.json", "metrics.csv", "privacy.json", "privacy.png", "dcor.json")
 ATTACKS = {  # column -> (attack name prefix, score key)
     "whitebox_psnr": ("white-box", "psnr_db"), "whitebox_ssim": ("white-box", "ssim"),
     "blackbox_psnr": ("black-box decoder", "psnr_db"), "blackbox_ssim": ("black-box decoder", "ssim"),
     "label_known_tail": ("known tail", "accuracy"), "label_cluster": ("gradient direction", "accuracy"),
     "label_norm_auc": ("gradient norm", "auc"),
     "tokens_nearest": ("nearest embedding", "token_accuracy"), "tokens_probe": ("learned probe", "token_accuracy"),
+    "dcor": ("distance correlation", "dcor"),
 }
 
 
@@ -87,9 +88,24 @@ def run_arm(root: Path, arm: str, rounds: int, test_size: int, audit: list[str],
         subprocess.run(cmd, check=True)
 
 
+def dcor_rows(d: Path, privacy: dict[str, Any]) -> list[dict[str, Any]]:
+    """The distance-correlation rows of an arm attacked before ``fedft privacy`` reported them
+    (computed once with the same samples and cached in the run as dcor.json)."""
+    cache = d / "dcor.json"
+    if not cache.is_file():
+        from fedft.privacy.audit import AuditOptions, sent_distance_correlation
+
+        o = privacy["options"]
+        opts = AuditOptions(samples=o["samples"], seed=o["seed"], codecs=tuple(o["codecs"]))
+        cache.write_text(json.dumps(sent_distance_correlation(d, opts), indent=2) + "\n")
+    return json.loads(cache.read_text())
+
+
 def rows_of(arm: str, d: Path) -> list[dict[str, Any]]:
     summary = json.loads((d / "summary.json").read_text())
     privacy = json.loads((d / "privacy.json").read_text())
+    if not any("dcor" in a for a in privacy["attacks"]):
+        privacy["attacks"] += dcor_rows(d, privacy)
     split = privacy["split"]
     chance = next(a for a in privacy["attacks"] if a["attack"].startswith("chance"))
     out = []
@@ -153,7 +169,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     """The cut x defence x codec table of the report (one row per arm and codec)."""
     head = ("| arm | h | noise | NoPeek | head trains | trained wire | attacked codec | accuracy | client TFLOP | bytes (GB) "
             "| white-box PSNR dB / SSIM | black-box PSNR dB / SSIM | tokens nearest / probe "
-            "| labels: known tail / clustering / norm AUC |")
+            "| dCor(input, sent) | labels: known tail / clustering / norm AUC |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
@@ -163,7 +179,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {_f(r['whitebox_psnr'], '.1f')} / {_f(r['whitebox_ssim'], '.3f')} "
             f"| {_f(r['blackbox_psnr'], '.1f')} / {_f(r['blackbox_ssim'], '.3f')} "
             f"| {_f(r['tokens_nearest'], '.3f')} / {_f(r['tokens_probe'], '.3f')} "
-            f"| {r['label_known_tail']:.3f} / {r['label_cluster']:.3f} / {r['label_norm_auc']:.3f} |")
+            f"| {_f(r['dcor'], '.3f')} | {r['label_known_tail']:.3f} / {r['label_cluster']:.3f} / {r['label_norm_auc']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

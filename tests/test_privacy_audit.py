@@ -67,6 +67,8 @@ def test_noise_defence_degrades_the_white_box_reconstruction(tmp_path):
     assert noisy["split"]["noise"] == 1.0
     wb = "white-box least squares"
     assert _score(noisy, wb, "fp32", "psnr_db") < _score(clean, wb, "fp32", "psnr_db") - 30
+    dc = "distance correlation"
+    assert 0 < _score(noisy, dc, "fp32", "dcor") < _score(clean, dc, "fp32", "dcor") <= 1
 
 
 def test_a_head_with_blocks_is_attacked_by_optimisation(tmp_path):

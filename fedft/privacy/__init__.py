@@ -3,7 +3,10 @@
 ``inversion``: reconstruct the client's inputs from the activations it sends up (exact least
 squares where the client's head is affine in its input, optimisation otherwise). ``labels``:
 infer the client's labels from the gradients its tail sends up. ``metrics``: PSNR and SSIM
-(scikit-image) and label-inference scores against a chance baseline.
+(scikit-image) and label-inference scores against a chance baseline. ``decoders``: the learned
+attacks (patch decoder, token probe) and nearest-embedding token recovery. ``audit``: ``fedft
+privacy RUN_DIR``, which replays a run's traffic and runs all of them (``images`` for the image
+attacks, ``common`` for what they share, ``report`` for the table and the PNG grid).
 """
 
 from fedft.privacy.inversion import AffineInverse, optimise_inverse

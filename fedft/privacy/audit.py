@@ -22,26 +22,24 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedft.body.codec import to_wire
 from fedft.config import PrivacyConfig
 from fedft.errors import FedftError
-from fedft.privacy.decoders import fit_patch_decoder, fit_token_probe, nearest_tokens
-from fedft.privacy.inversion import AffineInverse, optimise_inverse
+from fedft.privacy.common import attacker_view, token_rows, wire
+from fedft.privacy.decoders import fit_token_probe, nearest_tokens
+from fedft.privacy.images import image_attacks
 from fedft.privacy.labels import cluster_labels, known_tail_labels, norm_auc
-from fedft.privacy.metrics import image_scores, label_scores
+from fedft.privacy.metrics import label_scores
 
 PRIVACY_JSON = "privacy.json"
 PRIVACY_PNG = "privacy.png"
-AFFINE_TOLERANCE = 1e-4  # relative residual under which the head counts as affine in its input
 
 
 @dataclass(frozen=True)
@@ -79,127 +77,6 @@ class AuditOptions:
                 raise FedftError(f"privacy codecs: {e}") from None
 
 
-@contextmanager
-def _attacker_view(model: Any, grad: bool = False) -> Iterator[None]:
-    """The attacker's copy of the public head: fp32, no defence noise (it cannot know the draw)."""
-    from fedft.split.defence import noise_off
-
-    saved = model.compute_dtype
-    model.compute_dtype = torch.float32
-    try:
-        with noise_off(model), torch.enable_grad() if grad else torch.no_grad():
-            yield
-    finally:
-        model.compute_dtype = saved
-
-
-def _wire(t: torch.Tensor, codec: str) -> torch.Tensor:
-    return to_wire(t, codec).float()  # type: ignore[arg-type]
-
-
-def _token_rows(model: Any, n_rows: int) -> list[int]:
-    """Rows of the head output that carry the input (prompt rows dropped; for images also CLS)."""
-    at, p = model.arch.prompt_index, model.n_prompts
-    rows = [r for r in range(n_rows) if not at <= r < at + p]
-    return rows
-
-
-# -- data ---------------------------------------------------------------------------------------------
-
-
-def _aux_indices(total: int, used: np.ndarray, n: int, seed: int) -> np.ndarray:
-    free = np.setdiff1d(np.arange(total), used)
-    return np.sort(np.random.default_rng(seed).choice(free, size=min(n, len(free)), replace=False))
-
-
-def _aux_images(cfg: Any, n: int, seed: int) -> tuple[np.ndarray, str]:
-    """Auxiliary images disjoint from the clients' data: the rest of the train split, or the test split."""
-    from fedft.data.datasets import load_raw, subsample_indices
-
-    full = load_raw(replace(cfg.data, train_size=0, test_size=0), cfg.seed)
-    used = subsample_indices(len(full.train_y), cfg.data.train_size, cfg.seed)
-    if len(used) < len(full.train_y):
-        idx = _aux_indices(len(full.train_y), used, n, seed)
-        return full.train_x[idx], f"{cfg.data.name} train images outside the clients' {len(used)}"
-    idx = _aux_indices(len(full.test_y), np.array([], dtype=int), n, seed)
-    return full.test_x[idx], f"{cfg.data.name} test images (the clients hold the whole train split)"
-
-
-# -- attacks ------------------------------------------------------------------------------------------
-
-
-def _affine_inverse(head: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...], run: Any,
-                    opts: AuditOptions, log: Callable[[str], None]) -> AffineInverse | None:
-    """The least-squares inverse of the head when it is affine in the pixels (no client block,
-    linear preprocessing; checked on random inputs), else None (then optimisation is used)."""
-    if run.cfg.split.head_blocks != 0 or getattr(run.preprocess, "mode", "") != "bilinear":
-        return None
-    with _attacker_view(run.model):
-        inverse = AffineInverse(head, shape)
-        probe = torch.rand(4, *shape, generator=torch.Generator().manual_seed(opts.seed))
-        y = head(probe).flatten(1)
-        residual = float((inverse.forward_map(probe) - y).norm() / y.norm())
-    if residual > AFFINE_TOLERANCE:
-        log(f"head is not affine in the pixels (relative residual {residual:.2e}); using optimisation")
-        return None
-    return inverse
-
-
-def _image_attacks(run: Any, parts: Any, victims: np.ndarray, opts: AuditOptions,
-                   log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
-    model, pre, cfg = run.model, run.preprocess, run.cfg
-    if not hasattr(pre, "from_unit"):
-        raise FedftError("image attacks need fedft's ImagePreprocessor (a model with a Hugging Face image "
-                         "processor is not supported yet)")
-    x = torch.from_numpy(np.asarray(victims)).float().div(255.0)  # (N, H, W) in [0, 1]
-    if x.dim() == 4:
-        x = x.mean(dim=-1)  # colour: attack the grey image (the shape the score compares)
-    shape = tuple(x.shape[1:])
-    patch = int(model.backbone.config.patch_size)
-
-    def head(xs: torch.Tensor) -> torch.Tensor:
-        return parts.head({"pixel_values": pre.from_unit(xs)})[0]
-
-    with torch.no_grad():
-        sent = torch.cat([head(c) for c in x.split(32)])  # what the client sends (run's precision, noise)
-    aux_raw, aux_name = _aux_images(cfg, opts.aux_size, opts.seed + 1)
-    aux = torch.from_numpy(np.asarray(aux_raw)).float().div(255.0)
-    aux = aux.mean(dim=-1) if aux.dim() == 4 else aux
-    with torch.no_grad():
-        aux_sent = torch.cat([head(c) for c in aux.split(32)])
-    rows_idx = _token_rows(model, sent.shape[1])
-    if model.arch.has_cls:
-        rows_idx = rows_idx[1:]  # CLS carries no patch
-    chance = image_scores(x, aux.mean(dim=0, keepdim=True).expand_as(x))
-    out: list[dict[str, Any]] = [{"attack": "chance (auxiliary mean image)", "target": "input",
-                                  "codec": "-", **chance}]
-    recon: dict[str, torch.Tensor] = {}
-    inverse = _affine_inverse(head, shape, run, opts, log)
-    for codec in opts.codecs:
-        observed = _wire(sent, codec)
-        t0 = time.time()
-        if inverse is not None:
-            rec, how = inverse(observed), "white-box least squares"
-        else:
-            with _attacker_view(model, grad=True):
-                rec = optimise_inverse(head, observed, shape, steps=opts.inversion_steps, seed=opts.seed)
-            how = "white-box optimisation"
-        recon[f"{how} ({codec})"] = rec
-        out.append({"attack": how, "target": "input", "codec": codec, **image_scores(x, rec),
-                    "seconds": round(time.time() - t0, 1)})
-        log(f"{how} ({codec}): PSNR {out[-1]['psnr_db']:.1f} dB")
-        t0 = time.time()
-        dec = fit_patch_decoder(_wire(aux_sent, codec)[:, rows_idx], aux, patch, opts.decoder_epochs, opts.seed)
-        with torch.no_grad():
-            rec = dec(observed[:, rows_idx])
-        recon[f"black-box decoder ({codec})"] = rec
-        out.append({"attack": "black-box decoder", "target": "input", "codec": codec, **image_scores(x, rec),
-                    "seconds": round(time.time() - t0, 1), "auxiliary": aux_name})
-        log(f"black-box decoder ({codec}): PSNR {out[-1]['psnr_db']:.1f} dB")
-    recon = {"original": x, **recon}
-    return out, recon
-
-
 def _text_attacks(run: Any, parts: Any, victims: list[str], opts: AuditOptions,
                   log: Callable[[str], None]) -> list[dict[str, Any]]:
     from fedft.data.datasets import tokenize
@@ -215,7 +92,7 @@ def _text_attacks(run: Any, parts: Any, victims: list[str], opts: AuditOptions,
                               for i in range(0, len(batch["input_ids"]), 16)])
 
     sent, aux_sent = head(enc), head(aux)
-    rows = _token_rows(model, sent.shape[1])  # aligned with input_ids
+    rows = token_rows(model, sent.shape[1])  # aligned with input_ids
     real = enc["attention_mask"].bool()
     ids = enc["input_ids"]
     aux_ids = aux["input_ids"][aux["attention_mask"].bool()]
@@ -229,15 +106,15 @@ def _text_attacks(run: Any, parts: Any, victims: list[str], opts: AuditOptions,
         return h
 
     for codec in opts.codecs:
-        observed = _wire(sent, codec)[:, rows]
+        observed = wire(sent, codec)[:, rows]
         t0 = time.time()
-        with _attacker_view(model):
+        with attacker_view(model):
             got = nearest_tokens(embed, observed, vocab)
         out.append({"attack": "nearest embedding", "target": "tokens", "codec": codec,
                     "token_accuracy": float((got[real] == ids[real]).float().mean()),
                     "seconds": round(time.time() - t0, 1)})
         t0 = time.time()
-        aux_obs = _wire(aux_sent, codec)[:, rows][aux["attention_mask"].bool()]
+        aux_obs = wire(aux_sent, codec)[:, rows][aux["attention_mask"].bool()]
         probe = fit_token_probe(aux_obs, aux_ids, opts.probe_epochs, opts.seed)
         got = probe.predict(observed[real])
         out.append({"attack": "learned probe", "target": "tokens", "codec": codec,
@@ -264,11 +141,11 @@ def _label_attacks(run: Any, parts: Any, batches: list[dict[str, torch.Tensor]],
         for batch in batches:
             with torch.no_grad():
                 h, mask = parts.head(batch)
-                z = _wire(parts.body(_wire(h, codec), mask), codec)
+                z = wire(parts.body(wire(h, codec), mask), codec)
             zc = z.clone().requires_grad_(True)
             model.loss(parts.tail(zc, mask), batch).backward()
             assert zc.grad is not None
-            g = _wire(zc.grad, codec)
+            g = wire(zc.grad, codec)
             gs.append(g)
             inferred.append(known_tail_labels(lambda t, m=mask: parts.tail(t, m), z, g, n_classes))
             parts.tail.load_state_dict(saved)  # train-mode statistics as at the start of the batch
@@ -290,46 +167,78 @@ def _label_attacks(run: Any, parts: Any, batches: list[dict[str, torch.Tensor]],
     return out
 
 
-def audit(run_dir: str | Path, opts: AuditOptions | None = None,
-          log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Replay RUN_DIR's split traffic, attack it, write ``privacy.json`` and ``privacy.png``."""
+def _open(run_dir: str | Path, opts: AuditOptions) -> tuple[Any, Any, np.ndarray]:
+    """The run at its checkpoint (eval mode), its split parts, and the attacked sample indices."""
     from fedft.evaluation import load_run
     from fedft.split import SplitSpec, split_model
     from fedft.strategies import STRATEGIES
 
-    opts = opts or AuditOptions()
-    t0 = time.time()
     path = Path(run_dir)
     run = load_run(path)
     cfg = run.cfg
     if STRATEGIES.get(cfg.federation.strategy).family != "split":
         raise FedftError(f"{path} ran strategy {cfg.federation.strategy!r}, which sends no activations; the "
                          "privacy attacks replay a split run (sfprompt, sfl, split_fedavg, ...)")
-    model = run.model
-    model.eval()
-    parts = split_model(model, SplitSpec(cfg.split.head_blocks, cfg.split.tail_blocks))
+    run.model.eval()
+    parts = split_model(run.model, SplitSpec(cfg.split.head_blocks, cfg.split.tail_blocks))
     torch.manual_seed(opts.seed)  # the defence noise draws
     n = len(run.raw.train_y)
-    idx = np.sort(np.random.default_rng(opts.seed).choice(n, size=min(opts.samples, n), replace=False))
+    return run, parts, np.sort(np.random.default_rng(opts.seed).choice(n, size=min(opts.samples, n), replace=False))
+
+
+def _batches(run: Any, idx: np.ndarray) -> list[dict[str, torch.Tensor]]:
+    from fedft.data.datasets import encode
+
+    train = encode(run.raw, "train", run.preprocess, run.cfg.data.max_length)
+    b = run.cfg.train.batch_size
+    return [train.batch(idx[i:i + b]) for i in range(0, len(idx), b)]
+
+
+def _dcor_rows(run: Any, parts: Any, batches: list[dict[str, torch.Tensor]],
+               codecs: tuple[str, ...]) -> list[dict[str, Any]]:
+    """NoPeek's own measure: the distance correlation between the attacked samples' inputs and
+    what they send (1 = an invertible-by-distances copy, 0 = independent)."""
+    from fedft.split.defence import distance_correlation, raw_input
+
+    x = torch.cat([raw_input(run.model, b) for b in batches])
+    with torch.no_grad():
+        sent = torch.cat([parts.head(b)[0] for b in batches])
+    return [{"attack": "distance correlation (input, sent)", "target": "input", "codec": c,
+             "dcor": float(distance_correlation(x, wire(sent, c)))} for c in codecs]
+
+
+def sent_distance_correlation(run_dir: str | Path, opts: AuditOptions | None = None) -> list[dict[str, Any]]:
+    """Only the distance-correlation rows of :func:`audit` (for runs attacked before they existed)."""
+    opts = opts or AuditOptions()
+    run, parts, idx = _open(run_dir, opts)
+    return _dcor_rows(run, parts, _batches(run, idx), opts.codecs)
+
+
+def audit(run_dir: str | Path, opts: AuditOptions | None = None,
+          log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Replay RUN_DIR's split traffic, attack it, write ``privacy.json`` and ``privacy.png``."""
+    opts = opts or AuditOptions()
+    t0 = time.time()
+    path = Path(run_dir)
+    run, parts, idx = _open(path, opts)
+    cfg = run.cfg
     victims = run.raw.train_x[idx] if isinstance(run.raw.train_x, np.ndarray) else [run.raw.train_x[i] for i in idx]
     recon: dict[str, torch.Tensor] = {}
     if run.raw.modality == "image":
-        rows, recon = _image_attacks(run, parts, victims, opts, log)
+        rows, recon = image_attacks(run, parts, victims, opts, log)
     elif run.raw.modality == "text":
         rows = _text_attacks(run, parts, victims, opts, log)
     else:
         raise FedftError(f"privacy attacks support image and text classification runs, not {run.raw.modality!r}")
-    from fedft.data.datasets import encode
-
-    train = encode(run.raw, "train", run.preprocess, cfg.data.max_length)
-    b = cfg.train.batch_size
-    batches = [train.batch(idx[i:i + b]) for i in range(0, len(idx), b)]
+    batches = _batches(run, idx)
+    rows += _dcor_rows(run, parts, batches, opts.codecs)
     rows += _label_attacks(run, parts, batches, opts, log)
     result = {
         "run_dir": str(path), "round": run.round, "strategy": cfg.federation.strategy,
         "model": cfg.model.name, "dataset": cfg.data.name,
         "split": {"head_blocks": cfg.split.head_blocks, "tail_blocks": cfg.split.tail_blocks,
-                  "wire_dtype": cfg.split.wire_dtype, "noise": cfg.split.noise, "nopeek": cfg.split.nopeek},
+                  "wire_dtype": cfg.split.wire_dtype, "noise": cfg.split.noise, "nopeek": cfg.split.nopeek,
+                  "train_head": cfg.split.train_head},
         "options": {**asdict(opts), "codecs": list(opts.codecs)},
         "attacks": rows, "seconds": round(time.time() - t0, 1),
     }

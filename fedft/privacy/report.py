@@ -55,10 +55,13 @@ def print_table(result: dict[str, Any]) -> None:
             score = f"{row['psnr_db']:.1f} dB, SSIM {row['ssim']:.3f}"
         elif "token_accuracy" in row:
             score = f"{row['token_accuracy']:.3f} tokens"
+        elif "dcor" in row:
+            score = f"dCor {row['dcor']:.3f}"
         elif "auc" in row:
             score = f"AUC {row['auc']:.3f}"
         else:
             score = f"{row['accuracy']:.3f} acc"
-        ref = f"{row['chance']:.3f}" if "chance" in row else chance.get(row["target"], "")
+        ref = (f"{row['chance']:.3f}" if "chance" in row else "0 = indep." if "dcor" in row
+               else chance.get(row["target"], ""))
         table.add_row(row["target"], row["attack"], row["codec"], score, ref)
     Console().print(table)
