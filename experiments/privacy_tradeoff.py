@@ -46,6 +46,11 @@ ARMS: dict[str, list[str]] = {
     "h1-train": ["split.head_blocks=1", "split.train_head=true"],
     "h1-train-nopeek": ["split.head_blocks=1", "split.train_head=true", "split.nopeek=1.0"],
     "h4-train-nopeek": ["split.head_blocks=4", "split.train_head=true", "split.nopeek=1.0"],
+    # the same two at a tenth of the main job's learning rate for everything but prompts and
+    # classifier (the head block and the final norm): at 0.003 the trained head block diverged
+    "h1-train-lr3e-4": ["split.head_blocks=1", "split.train_head=true", "train.lr=0.0003"],
+    "h1-train-nopeek-lr3e-4": ["split.head_blocks=1", "split.train_head=true", "split.nopeek=1.0",
+                               "train.lr=0.0003"],
     # trained with the fp16 wire (the other arms train on fp32 and are attacked under both codecs)
     "h0-fp16": ["split.head_blocks=0", "split.wire_dtype=fp16"],
     "h2-fp16": ["split.head_blocks=2", "split.wire_dtype=fp16"],
