@@ -28,7 +28,9 @@ def known_tail_labels(tail: Callable[[torch.Tensor], torch.Tensor], z: torch.Ten
     so the server measures that linear map with one vector-Jacobian product per logit, solves for
     ``U`` by least squares, and reads ``onehot = softmax - B U``. A BatchNorm makes the map blind
     to a shift shared by the whole batch; subtracting each class column's batch minimum removes
-    it (exact while no class fills the whole batch)."""
+    it (exact while no class fills the whole batch). The measured map is held densely: B*T*D x B*C
+    float64 numbers (147 MB for the main job's batch of 8; a large batch needs an iterative
+    solver instead)."""
     zc = z.detach().clone().requires_grad_(True)
     logits = tail(zc)  # (B, C)
     b, c = logits.shape
