@@ -165,3 +165,19 @@ def test_server_survives_a_client_sending_garbage(tmp_path, monkeypatch):
     rows = [r.split(",") for r in (tmp_path / "sfprompt" / "metrics.csv").read_text().splitlines()[1:]]
     assert [r[3] for r in rows] == ["2", "2"] and [r[4] for r in rows] == ["1", "1"]  # clients, failed
     assert summary["final_accuracy"] is not None
+
+
+@pytest.mark.parametrize("strategy", ["sl", "sfl_v2"])
+def test_shared_body_strategies_draw_a_fresh_client_order_each_round(strategy):
+    from fedft.federated.server import ServerRuntime
+
+    cfg = ExperimentConfig.from_overrides([*TINY, f"federation.strategy={strategy}", "partition.num_clients=6"])
+    server = ServerRuntime.__new__(ServerRuntime)  # only sample() is exercised: it reads cfg and strategy
+    server.cfg, server.strategy = cfg, STRATEGIES.get(strategy)(cfg)
+    orders = [server.sample(r) for r in range(1, 7)]
+    assert all(sorted(o) == list(range(6)) for o in orders)
+    assert len({tuple(o) for o in orders}) > 1  # not a fixed order
+    assert orders == [server.sample(r) for r in range(1, 7)]  # reproducible from the seed
+    v1 = ServerRuntime.__new__(ServerRuntime)
+    v1.cfg, v1.strategy = cfg, STRATEGIES.get("sfl_v1")(cfg)
+    assert v1.sample(1) == list(range(6))  # per-client body copies: order does not matter, kept ascending

@@ -176,6 +176,12 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     return STRATEGIES.register(cls.name)(cls)
 
 
+def random_order(self: Strategy, pids: list[int], rng: np.random.Generator) -> list[int]:
+    """A fresh random client order each round, drawn from the round's seeded generator (for
+    strategies whose clients share one trainable body: SL, SFL-V2)."""
+    return [int(p) for p in rng.permutation(pids)]
+
+
 def variant(base: type[Strategy], name: str, description: str, **attrs: Any) -> type[Strategy]:
     """Register ``base`` under ``name`` with some class attributes (``fixed`` options, method,
     body mode) changed; it reads the base's options table."""

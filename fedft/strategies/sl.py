@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from fedft.strategies.base import register_strategy
+from fedft.strategies.base import random_order, register_strategy
 from fedft.strategies.splitfed import SplitFed
 
 
@@ -20,8 +18,7 @@ class SplitLearning(SplitFed):
     body_mode = "shared"
     table = "splitfed"
 
-    def order(self, pids: list[int], rng: np.random.Generator) -> list[int]:
-        return [int(p) for p in rng.permutation(pids)]
+    order = random_order
 
     def groups(self, pids: list[int]) -> list[list[int]]:
         return [[p] for p in pids]

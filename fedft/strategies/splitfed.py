@@ -18,7 +18,15 @@ from fedft.accounting import Phase
 from fedft.errors import check
 from fedft.precondition import head_preconditioner
 from fedft.split import split_step
-from fedft.strategies.base import RoundContext, Strategy, active, averaging, register_strategy, variant
+from fedft.strategies.base import (
+    RoundContext,
+    Strategy,
+    active,
+    averaging,
+    random_order,
+    register_strategy,
+    variant,
+)
 
 
 @dataclass(frozen=True)
@@ -84,5 +92,5 @@ variant(SplitFed, "sfl", "SplitFed prompt tuning with a frozen body (SFPrompt wi
         "local-loss update)", method="prompt_tuning", trains_tail=True)
 variant(SplitFed, "sfl_v1", "SplitFed V1: trainable body, one body copy per client, averaged each round; "
         "client parts FedAvg", method="full_ft", body_mode="per_client")
-variant(SplitFed, "sfl_v2", "SplitFed V2: trainable shared body updated as clients' batches arrive; client "
-        "parts FedAvg", method="full_ft", body_mode="shared")
+variant(SplitFed, "sfl_v2", "SplitFed V2: trainable shared body updated as clients' batches arrive (clients in a "
+        "random order each round); client parts FedAvg", method="full_ft", body_mode="shared", order=random_order)
