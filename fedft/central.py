@@ -1,7 +1,7 @@
 """Central (non-federated) fine-tuning: the first baseline path of ``fedft run``.
 
-Trains the configured method on the whole training split for ``train.epochs`` epochs and
-evaluates on the test split after each epoch. When only the new task head trains
+Trains the configured method on the whole training split for ``train.epochs`` epochs,
+evaluates on the validation split after each epoch and on the test split once, at the end. When only the new task head trains
 (``linear_probe``), the frozen features are computed once and the head trains on them: the same
 maths, one backbone pass per sample instead of one per epoch.
 """
@@ -27,6 +27,7 @@ from fedft.outputs import METRICS, RunDir, read_metrics
 from fedft.precision import describe
 from fedft.precondition import head_preconditioner
 from fedft.train import (
+    eval_summary,
     evaluate,
     lr_factor,
     make_optimizer,
@@ -38,8 +39,30 @@ from fedft.train import (
 log = logging.getLogger(__name__)
 
 
-def load_task_data(cfg: ExperimentConfig, pre: Any, raw: RawData) -> tuple[EncodedSplit, EncodedSplit]:
-    return (encode(raw, "train", pre, cfg.data.max_length), encode(raw, "test", pre, cfg.data.max_length))
+def load_task_data(cfg: ExperimentConfig, pre: Any, raw: RawData) -> tuple[EncodedSplit, EncodedSplit | None, EncodedSplit]:
+    """Train, validation (None when there is none) and test splits."""
+    val = encode(raw, "val", pre, cfg.data.max_length) if len(raw.val_y) else None
+    return encode(raw, "train", pre, cfg.data.max_length), val, encode(raw, "test", pre, cfg.data.max_length)
+
+
+class _Evaluator:
+    """Validation after each epoch (a metrics row), the test split once at the end."""
+
+    def __init__(self, net: nn.Module, val: EncodedSplit | None, test: EncodedSplit, cfg: ExperimentConfig,
+                 run: RunDir, t0: float) -> None:
+        self.net, self.val, self.test, self.bs, self.run, self.t0 = net, val, test, cfg.train.eval_batch_size, run, t0
+        self.last: Any = None
+
+    def epoch(self, epoch: int, train_loss: float | None = None) -> Any:
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": "" if train_loss is None else train_loss}
+        if self.val is not None:
+            self.last = evaluate(self.net, self.val, self.bs)
+            row.update(val_loss=self.last.loss, val_accuracy=self.last.accuracy)
+        self.run.append_metrics({**row, "seconds": time.time() - self.t0})
+        return self.last
+
+    def summary(self) -> dict[str, Any]:
+        return eval_summary(self.last, evaluate(self.net, self.test, self.bs))
 
 
 class _HeadOnFeatures(nn.Module):
@@ -81,51 +104,46 @@ def run_central(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
     rng = seed_everything(cfg.seed)
     raw = load_raw(cfg.data, cfg.seed)
     model, method, pre = build_model(cfg, raw.num_labels)
-    train, test = load_task_data(cfg, pre, raw)
+    train, val, test = load_task_data(cfg, pre, raw)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     net: nn.Module = model
     cache = method.head_only and model.prompt is None and model.task == "classification"
     if cfg.train.optimizer == "lbfgs" and not cache:
         raise ConfigError("train.optimizer=lbfgs needs a head-only method (linear_probe) on a "
                           "classification task; use sgd, adam or adamw")
-    run.start_metrics(["epoch", "train_loss", "loss", "accuracy", "seconds"])
+    run.start_metrics(["epoch", "train_loss", "val_loss", "val_accuracy", "seconds"])
     if cache:
         train = cached_features(model, train, cfg.train.eval_batch_size, "features (train)")
+        val = None if val is None else cached_features(model, val, cfg.train.eval_batch_size, "features (val)")
         test = cached_features(model, test, cfg.train.eval_batch_size, "features (test)")
         net = _HeadOnFeatures(model)
         # the head alone is tiny: one thread avoids oversubscription stalls on a busy CPU
         torch.set_num_threads(1)
+    ev = _Evaluator(net, val, test, cfg, run, t0)
     if cfg.train.optimizer == "lbfgs":
-        return _finish(cfg, run, model, *_lbfgs_probe(net, train, test, cfg, run, t0), len(train), len(test),
-                       trainable, t0)
+        _lbfgs_probe(net, train, ev, cfg)
+        return _finish(cfg, run, ev, len(train), trainable, t0)
     opt = make_optimizer(net, cfg.train)
     base_lrs = [g["lr"] for g in opt.param_groups]
-    result = evaluate(net, test, cfg.train.eval_batch_size)
-    run.append_metrics({"epoch": 0, "loss": result.loss, "accuracy": result.accuracy,
-                        "seconds": time.time() - t0})
+    ev.epoch(0)
     bar = tqdm(range(1, cfg.train.epochs + 1), desc="epochs", unit="epoch")
     for epoch in bar:
         set_lr_factor(opt, base_lrs, lr_factor(cfg.train, epoch - 1, cfg.train.epochs))
         method.on_round_start(model, epoch)
         pre = head_preconditioner(model, cfg.train.kfac_damping)
         train_loss, _ = train_epoch(net, train, np.arange(len(train)), cfg.train.batch_size, opt, rng, pre=pre)
-        result = evaluate(net, test, cfg.train.eval_batch_size)
-        run.append_metrics({"epoch": epoch, "train_loss": train_loss, "loss": result.loss,
-                            "accuracy": result.accuracy, "seconds": time.time() - t0})
-        bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{result.accuracy:.3f}")
+        result = ev.epoch(epoch, train_loss)
+        bar.set_postfix(loss=f"{train_loss:.3f}", **({"val_acc": f"{result.accuracy:.3f}"} if result else {}))
     if type(method).finalize is not BaseMethod.finalize:  # merge / interpolate / prune, then re-evaluate
         method.finalize(model)
-        result = evaluate(net, test, cfg.train.eval_batch_size)
-        run.append_metrics({"epoch": cfg.train.epochs, "loss": result.loss, "accuracy": result.accuracy,
-                            "seconds": time.time() - t0})
-    summary = _finish(cfg, run, model, result.accuracy, result.loss, len(train), len(test), trainable, t0)
+        ev.epoch(cfg.train.epochs)
+    summary = _finish(cfg, run, ev, len(train), trainable, t0)
     if method.describe():
         summary["method_report"] = method.describe()
     return summary
 
 
-def _lbfgs_probe(net: nn.Module, train: EncodedSplit, test: EncodedSplit, cfg: ExperimentConfig,
-                 run: RunDir, t0: float) -> tuple[float, float]:
+def _lbfgs_probe(net: nn.Module, train: EncodedSplit, ev: _Evaluator, cfg: ExperimentConfig) -> None:
     """Full-batch L-BFGS on cached features, L2 penalty ``weight_decay / 2 * ||W||^2`` (a convex probe)."""
     opt = torch.optim.LBFGS([p for p in net.parameters() if p.requires_grad], lr=1.0, max_iter=20, history_size=20,
                             line_search_fn="strong_wolfe")
@@ -138,18 +156,13 @@ def _lbfgs_probe(net: nn.Module, train: EncodedSplit, test: EncodedSplit, cfg: E
         loss.backward()
         return loss
 
-    result = evaluate(net, test, cfg.train.eval_batch_size)
-    run.append_metrics({"epoch": 0, "loss": result.loss, "accuracy": result.accuracy, "seconds": time.time() - t0})
+    ev.epoch(0)
     for epoch in tqdm(range(1, cfg.train.epochs + 1), desc="L-BFGS", unit="epoch"):
-        train_loss = float(opt.step(closure))
-        result = evaluate(net, test, cfg.train.eval_batch_size)
-        run.append_metrics({"epoch": epoch, "train_loss": train_loss, "loss": result.loss,
-                            "accuracy": result.accuracy, "seconds": time.time() - t0})
-    return result.accuracy, result.loss
+        ev.epoch(epoch, float(opt.step(closure)))
 
 
-def _finish(cfg: ExperimentConfig, run: RunDir, model: TaskModel, accuracy: float, loss: float,
-            n_train: int, n_test: int, trainable: int, t0: float) -> dict[str, Any]:
+def _finish(cfg: ExperimentConfig, run: RunDir, ev: _Evaluator, n_train: int, trainable: int,
+            t0: float) -> dict[str, Any]:
     if cfg.output.plots:
         from fedft.plots import plot_accuracy
 
@@ -161,10 +174,8 @@ def _finish(cfg: ExperimentConfig, run: RunDir, model: TaskModel, accuracy: floa
         "dataset": cfg.data.name,
         "epochs": cfg.train.epochs,
         "train_samples": n_train,
-        "test_samples": n_test,
         "trainable_params": trainable,
-        "final_accuracy": accuracy,
-        "final_loss": loss,
+        **ev.summary(),
         "wall_seconds": round(time.time() - t0, 2),
         "precision": describe(cfg.train.precision, cfg.model.attention),
     }

@@ -82,7 +82,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"--set-for {item!r} must look like STRATEGY:section.key=value")
         per.setdefault(strategy.strip(), []).append(kv)
-    compare(cfg, names, args.out, per_strategy=per)
+    config_for: dict[str, Path] = {}
+    for item in args.config_for or []:
+        label, sep, path = item.partition(":")
+        if not sep or not Path(path).is_file():
+            raise FedftError(f"--config-for {item!r} must look like LABEL:PATH to an existing TOML file")
+        config_for[label.strip()] = Path(path)
+    compare(cfg, names, args.out, per_strategy=per, config_for=config_for)
     return 0
 
 
@@ -180,11 +186,15 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                                    "DIR/accuracy_vs_bytes.png with every strategy on the same axes.",
                        epilog=EPILOG)
     c.add_argument("--config", "-c", type=Path, help="TOML config file (default: the embedded main job)")
-    c.add_argument("--strategies", required=True, help="comma-separated, e.g. sfprompt,fl_full,sfl")
+    c.add_argument("--strategies", required=True,
+                   help="comma-separated entries, STRATEGY or LABEL=STRATEGY, e.g. sfprompt,fl_full,paper=sfprompt")
     c.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a config value")
     c.add_argument("--set-for", action="append", metavar="STRATEGY:KEY=VALUE",
                    help="override a value for one strategy only, e.g. --set-for fl_full:train.lr=0.0003 "
-                        "(repeatable; recorded in DIR/<strategy>/config.toml)")
+                        "(repeatable; recorded in DIR/<label>/config.toml)")
+    c.add_argument("--config-for", action="append", metavar="LABEL:PATH",
+                   help="the entry LABEL takes its settings from this TOML file, except seed, [data], "
+                        "[partition] and the round settings, which every entry shares (repeatable)")
     c.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory")
     c.set_defaults(fn=cmd_compare)
 

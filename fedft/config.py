@@ -47,13 +47,18 @@ class DataConfig:
     name: str = "mnist"
     image_size: int = 112
     max_length: int = 128
-    train_size: int = 2000  # 0 = all
-    test_size: int = 1000  # 0 = all
+    train_size: int = 2000  # 0 = all; the clients' data (or the central training set)
+    # [D] validation samples drawn from the training split's samples outside the train_size
+    # subsample (disjoint from every client's data); evaluated each round, used for any tuning.
+    # Fewer are used when fewer remain (none when train_size takes the whole split)
+    val_size: int = 1000
+    test_size: int = 0  # 0 = all; the test split is evaluated once, on the final model
 
     def __post_init__(self) -> None:
         _check(self.image_size > 0, "data.image_size", "a positive integer")
         _check(self.max_length > 1, "data.max_length", "an integer > 1")
-        _check(self.train_size >= 0 and self.test_size >= 0, "data.train_size/test_size", ">= 0")
+        _check(min(self.train_size, self.val_size, self.test_size) >= 0, "data.train_size/val_size/test_size",
+               ">= 0")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""PNG plots of a run (accuracy per round, accuracy vs cumulative bytes, bytes by kind) and of a comparison."""
+"""PNG plots of a run (validation accuracy per round, accuracy vs cumulative bytes, bytes by kind) and of a comparison."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ def _floats(rows: list[dict[str, str]], col: str) -> list[float]:
 
 
 def plot_accuracy(rows: list[dict[str, str]], x: str, out: str | Path) -> None:
-    """Test accuracy against round (or epoch)."""
+    """Validation accuracy against round (or epoch)."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(_floats(rows, x), _floats(rows, "accuracy"), marker="o")
+    ax.plot(_floats(rows, x), _floats(rows, "val_accuracy"), marker="o")
     ax.set_xlabel(x)
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("validation accuracy")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -29,14 +29,14 @@ def plot_accuracy(rows: list[dict[str, str]], x: str, out: str | Path) -> None:
 
 
 def plot_accuracy_vs_bytes(series: dict[str, list[dict[str, str]]], out: str | Path) -> None:
-    """Test accuracy against cumulative bytes communicated, one line per run."""
+    """Validation accuracy against cumulative bytes communicated, one line per run."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, rows in series.items():
         mb = [b / 1e6 for b in _floats(rows, "bytes_cumulative")]
-        ax.plot(mb, _floats(rows, "accuracy"), marker="o", label=name)
+        ax.plot(mb, _floats(rows, "val_accuracy"), marker="o", label=name)
     ax.set_xscale("log")
     ax.set_xlabel("cumulative bytes communicated (MB, log scale)")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("validation accuracy")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()

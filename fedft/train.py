@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,6 +116,17 @@ class EvalResult:
     loss: float
     accuracy: float
     n: int
+
+
+def eval_summary(val: EvalResult | None, test: EvalResult) -> dict[str, Any]:
+    """The summary's evaluation keys from the last validation and the one test evaluation;
+    ``final_*`` are the test numbers."""
+    return {
+        "final_accuracy": test.accuracy, "final_loss": test.loss,
+        "val_accuracy": None if val is None else val.accuracy, "val_loss": None if val is None else val.loss,
+        "test_accuracy": test.accuracy, "test_loss": test.loss,
+        "val_samples": 0 if val is None else val.n, "test_samples": test.n,
+    }
 
 
 def accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:

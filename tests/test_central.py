@@ -17,13 +17,17 @@ TINY = ["model.name=tiny-dinov2", "data.name=synthetic-images", "data.image_size
 
 
 def test_full_ft_learns_synthetic_images(tmp_path):
-    cfg = ExperimentConfig.from_overrides([*TINY, "method.name=full_ft", "train.epochs=4", "train.lr=0.003"])
+    cfg = ExperimentConfig.from_overrides([*TINY, "method.name=full_ft", "train.epochs=4", "train.lr=0.003",
+                                           "data.train_size=400", "data.val_size=100"])
     summary = run(cfg, tmp_path, show=False)
     assert summary["final_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert summary["final_accuracy"] == summary["test_accuracy"] and summary["test_samples"] == 200
+    assert summary["val_samples"] == 100 and summary["val_accuracy"] > 0.5
     for f in ("config.toml", "metrics.csv", "summary.json", "accuracy.png"):
         assert (tmp_path / f).is_file()
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "epoch,train_loss,loss,accuracy,seconds" and len(rows) == 6
+    assert rows[0] == "epoch,train_loss,val_loss,val_accuracy,seconds" and len(rows) == 6
+    assert float(rows[-1].split(",")[3]) == summary["val_accuracy"]
     assert json.loads((tmp_path / "summary.json").read_text())["final_accuracy"] == summary["final_accuracy"]
 
 

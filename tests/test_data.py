@@ -62,3 +62,18 @@ def test_batches_cover_indices_once():
 def test_unknown_dataset_is_a_config_error():
     with pytest.raises(ConfigError, match="data.name"):
         load_raw(DataConfig(name="cifar10"))
+
+
+def test_validation_split_is_drawn_outside_the_clients_training_samples():
+    full = load_raw(DataConfig(name="synthetic-images", train_size=0, val_size=0, test_size=0))
+    raw = load_raw(DataConfig(name="synthetic-images", train_size=100, val_size=50, test_size=0), seed=3)
+    assert len(raw.train_y) == 100 and len(raw.val_y) == 50 and len(raw.test_y) == len(full.test_y)
+    rows = {x.tobytes(): i for i, x in enumerate(full.train_x)}
+    train = {rows[x.tobytes()] for x in raw.train_x}
+    val = {rows[x.tobytes()] for x in raw.val_x}
+    assert len(train) == 100 and len(val) == 50 and not train & val  # disjoint, no duplicates
+    again = load_raw(DataConfig(name="synthetic-images", train_size=100, val_size=50, test_size=0), seed=3)
+    assert np.array_equal(again.val_x, raw.val_x)  # reproducible from the seed
+    # fewer spare samples than asked: what remains, never the clients' samples
+    most = load_raw(DataConfig(name="synthetic-images", train_size=580, val_size=50), seed=3)
+    assert len(most.val_y) == len(full.train_y) - 580

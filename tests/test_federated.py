@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from fedft.accounting import CommLedger
 from fedft.config import ExperimentConfig
@@ -41,7 +42,8 @@ def _run(tmp_path, strategy: str, *extra: str) -> tuple[dict, CommLedger, list[n
 @pytest.mark.parametrize("strategy", FEDERATED)
 def test_every_strategy_runs(tmp_path, strategy, precision):
     summary, ledger, _ = _run(tmp_path, strategy, f"train.precision={precision}")
-    assert summary["strategy"] == strategy and 0.0 <= summary["final_accuracy"] <= 1.0
+    assert summary["strategy"] == strategy and summary["final_accuracy"] == summary["test_accuracy"]
+    assert summary["test_samples"] == 32 and summary["val_samples"] > 0
     assert summary["precision"]["used"] == precision
     rows = (tmp_path / strategy / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + ROUNDS
@@ -136,10 +138,93 @@ def test_sfprompt_without_pruning_and_local_equals_sfl(tmp_path):
     assert a["bytes_by_kind"]["activations_up"] == b["bytes_by_kind"]["activations_up"]
 
 
-def test_sfl_v1_and_v2_differ_with_a_trainable_body(tmp_path):
-    a, _, _ = _run(tmp_path, "sfl_v1")
-    b, _, _ = _run(tmp_path, "sfl_v2")
-    assert a["final_loss"] != b["final_loss"]
+def _round_orders(strategy: str) -> list[list[int]]:
+    """The client order of each round, as the server draws it (``ServerRuntime.sample``)."""
+    from fedft.federated.server import ServerRuntime
+
+    cfg = ExperimentConfig.from_overrides([*TINY, f"federation.strategy={strategy}"])
+    server = ServerRuntime.__new__(ServerRuntime)  # sample() reads only cfg and strategy
+    server.cfg, server.strategy = cfg, STRATEGIES.get(strategy)(cfg)
+    return [server.sample(r) for r in range(1, ROUNDS + 1)]
+
+
+def test_sfl_v1_averages_the_per_client_body_copies(tmp_path, monkeypatch):
+    from fedft.body.state import BodyState
+    from fedft.federated.checkpoint import load
+
+    snapshots = []
+    real = BodyState.aggregate
+
+    def spy(self, weights=None):
+        snapshots.append(({c: {k: v.detach().clone() for k, v in r.module.state_dict().items()}
+                           for c, r in self._copies.items()}, dict(weights or {})))
+        return real(self, weights)
+
+    monkeypatch.setattr(BodyState, "aggregate", spy)
+    _run(tmp_path, "sfl_v1")
+    assert len(snapshots) == ROUNDS
+    copies, weights = snapshots[-1]
+    assert sorted(copies) == [str(p) for p in range(N_CLIENTS)] and sorted(weights) == sorted(copies)
+    final = load(tmp_path / "sfl_v1").body  # the body the server kept after the last round
+    total = sum(weights.values())
+    for name, value in final.items():
+        expected = sum(weights[c] * copies[c][name].double() for c in copies) / total
+        np.testing.assert_allclose(value, expected.numpy(), rtol=1e-5, atol=1e-6)
+    w = next(k for k in final if k.endswith("weight"))
+    assert not torch.allclose(copies["0"][w], copies["1"][w])  # the copies trained apart
+
+
+def test_sfl_v2_steps_one_body_after_every_batch_in_arrival_order(tmp_path, monkeypatch):
+    from fedft.body.state import Replica, Session
+
+    events = []
+    real_begin, real_step = Session.begin_step, Replica.step
+
+    def begin(self, is_active, timeout_s):
+        if self.replica.optimizer is not None and not self.pending:
+            events.append(("batch", self.spec.round, self.spec.client))
+        return real_begin(self, is_active, timeout_s)
+
+    def step(self):
+        before = [p.detach().clone() for p in self.module.parameters()]
+        real_step(self)
+        changed = any(not torch.equal(a, b) for a, b in zip(before, self.module.parameters(), strict=True))
+        events.append(("step", id(self.module), changed))
+
+    monkeypatch.setattr(Session, "begin_step", begin)
+    monkeypatch.setattr(Replica, "step", step)
+    _run(tmp_path, "sfl_v2")
+    batches = [e for e in events if e[0] == "batch"]
+    steps = [e for e in events if e[0] == "step"]
+    assert len(steps) == len(batches) > 0  # a step after every batch
+    assert len({e[1] for e in steps}) == 1 and all(e[2] for e in steps)  # one body, changed each time
+    for rnd, order in enumerate(_round_orders("sfl_v2"), start=1):
+        arrivals = [int(c) for _, r, c in batches if r == rnd]
+        runs = [c for i, c in enumerate(arrivals) if i == 0 or arrivals[i - 1] != c]
+        assert runs == order  # each client's batches in turn, in the round's drawn order
+
+
+def test_sl_hands_the_client_part_on_in_order(tmp_path, monkeypatch):
+    import fedft.federated.engine as engine
+    from fedft import keys
+    from fedft.federated.records import from_arrays
+
+    seen = []
+    real = engine.handle_train
+
+    def spy(content, pid, state=None):
+        reply = real(content, pid, state)
+        seen.append((pid, from_arrays(content[keys.ARRAYS]), from_arrays(reply[keys.ARRAYS])))
+        return reply
+
+    monkeypatch.setattr(engine, "handle_train", spy)
+    _run(tmp_path, "sl")
+    order = [p for o in _round_orders("sl") for p in o]
+    assert [p for p, _, _ in seen] == order
+    for (_, _, sent), (_, got, _) in zip(seen, seen[1:], strict=False):
+        assert sorted(sent) == sorted(got)
+        assert all(np.array_equal(sent[k], got[k]) for k in sent)  # the next client starts from it
+    assert any(not np.array_equal(seen[0][1][k], seen[0][2][k]) for k in seen[0][1])  # and it trained
 
 
 def test_random_pruning_keeps_the_same_count(tmp_path):

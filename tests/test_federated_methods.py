@@ -42,7 +42,7 @@ def test_every_method_trains_federated(tmp_path, method):
     summary, rows, per_round, _ = _run(tmp_path, method)
     assert [int(r["failed"]) for r in rows[:ROUNDS]] == [0] * ROUNDS, rows
     assert [int(r["clients"]) for r in rows[:ROUNDS]] == [N_CLIENTS] * ROUNDS
-    assert summary["final_accuracy"] is not None and 0.0 <= summary["final_accuracy"] <= 1.0
+    assert summary["final_accuracy"] == summary["test_accuracy"] and summary["test_samples"] == 32
     assert all(per_round[(r, "params_up")] > 0 for r in range(1, ROUNDS + 1))
     # a method with a finalize (merge, interpolate, prune) runs it on the final global model,
     # which adds one evaluation row
@@ -79,3 +79,45 @@ def test_a_method_inside_split_training_trains_only_client_held_tensors(tmp_path
     assert names and all(n.startswith(("backbone.layers.3.", "classifier.", "backbone.layernorm")) for n in names), names
     assert any("lora_" in n for n in names)
     assert summary["bytes_by_kind"]["activations_up"] > 0
+
+
+def test_hft_stage_follows_the_round_in_every_client_call_and_on_the_server(tmp_path, monkeypatch):
+    # one process trains all clients in turn (the in-process engine, like a Flower actor reused by
+    # several clients): the stage must come from the round, not from how often the hook ran
+    from fedft.methods.hft import HFT
+
+    stages = []
+    real = HFT.on_client_round
+
+    def spy(self, model, server_round):
+        real(self, model, server_round)
+        stages.append((server_round, self.stage))
+
+    monkeypatch.setattr(HFT, "on_client_round", spy)
+    summary, *_ = _run(tmp_path, "hft")
+    assert len(stages) == ROUNDS * N_CLIENTS
+    assert all(stage == rnd - 1 for rnd, stage in stages), stages  # reselect_every_epochs = 1
+    assert summary["method_report"]["stage"] == ROUNDS - 1  # the server's model, same stage
+
+
+def test_greentrainer_each_client_selects_on_its_own_batch_every_round(tmp_path, monkeypatch):
+    import fedft.federated.engine as engine
+    from fedft.methods.greentrainer import GreenTrainer
+
+    current, selections = [], []
+    real_handle, real_select = engine.handle_train, GreenTrainer.select
+
+    def handle(content, pid, state=None):
+        current.append(pid)
+        return real_handle(content, pid, state)
+
+    def select(self, model, batch):
+        selections.append((current[-1], len(current)))
+        return real_select(self, model, batch)
+
+    monkeypatch.setattr(engine, "handle_train", handle)
+    monkeypatch.setattr(GreenTrainer, "select", select)
+    _run(tmp_path, "greentrainer")
+    # one selection inside every client call, by the client being trained, none reused
+    assert [call for _, call in selections] == list(range(1, ROUNDS * N_CLIENTS + 1))
+    assert [pid for pid, _ in selections] == current

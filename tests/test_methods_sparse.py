@@ -148,15 +148,16 @@ def test_greentrainer_knapsack_equals_brute_force() -> None:
         imp = rng.random(n)
         a = np.sort(rng.integers(0, 50, n))[::-1].astype(float)
         dw = rng.integers(1, 30, n).astype(float)
-        budget = float(rng.integers(40, 120))
+        budget = float(a[n - 1] + dw[n - 1] + rng.integers(0, 80))  # the forced unit alone fits
         got = knapsack_select(imp, a, dw, budget, quant=int(budget), forced=n - 1)
         best = -1.0
         for r in range(1, n + 1):
             for sub in itertools.combinations(range(n), r):
                 if n - 1 in sub and a[min(sub)] + dw[list(sub)].sum() <= budget:
                     best = max(best, imp[list(sub)].sum())
-        if best >= 0:
-            assert imp[got].sum() == pytest.approx(best)
+        assert best >= 0  # a feasible case, always checked
+        assert n - 1 in got and a[min(got)] + dw[list(got)].sum() <= budget
+        assert imp[got].sum() == pytest.approx(best)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])

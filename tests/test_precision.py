@@ -9,6 +9,7 @@ and fp32 agree in direction (cosine > 0.99) on the tiny random models.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -157,4 +158,4 @@ def test_every_method_runs_in_bf16(tmp_path, method: str, strategy: str) -> None
                                            f"federation.strategy={strategy}"])
     summary = run(cfg, tmp_path, show=False)
     assert summary["precision"]["used"] == "bf16"
-    assert 0.0 <= summary["final_accuracy"] <= 1.0 and summary["final_loss"] == summary["final_loss"]  # not NaN
+    assert math.isfinite(summary["final_loss"]) and summary["test_samples"] == 16

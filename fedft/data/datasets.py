@@ -1,7 +1,9 @@
 """One interface for image classification, text classification and plain LM text.
 
-``load_raw(cfg)`` returns the raw train/test splits (uint8 images or strings, integer labels),
-subsampled deterministically to ``data.train_size`` / ``data.test_size``. ``encode`` turns them
+``load_raw(cfg)`` returns the raw train/validation/test splits (uint8 images or strings, integer
+labels), subsampled deterministically to ``data.train_size`` / ``data.test_size``; the validation
+split is ``data.val_size`` samples of the training split outside the train subsample, so it is
+disjoint from every client's data. ``encode`` turns them
 into an :class:`EncodedSplit` whose batches are model-ready dicts: images are resized to a
 multiple of the patch size, repeated to 3 channels and normalised with the model's own
 preprocessor statistics; text is tokenised with truncation and padding to ``data.max_length``.
@@ -9,6 +11,7 @@ preprocessor statistics; text is tokenised with truncation and padding to ``data
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,6 +23,8 @@ import torch.nn.functional as F
 from fedft.config import DataConfig
 from fedft.errors import ConfigError
 from fedft.registry import Registry
+
+log = logging.getLogger(__name__)
 
 Modality = Literal["image", "text", "lm"]
 
@@ -34,6 +39,8 @@ class RawData:
     test_x: Any
     test_y: np.ndarray
     label_names: list[str]
+    val_x: Any = None
+    val_y: np.ndarray | None = None
 
     @property
     def num_labels(self) -> int:
@@ -50,12 +57,25 @@ def subsample_indices(total: int, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(total)[:n])
 
 
+def validation_indices(total: int, train_idx: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The sorted indices of the validation split: ``n`` of the ``total`` training samples outside
+    ``train_idx``, drawn with ``seed`` (fewer when fewer remain)."""
+    spare = np.setdiff1d(np.arange(total), train_idx)
+    if n > len(spare):
+        log.warning("data.val_size=%d but only %d training samples lie outside the train subsample; "
+                    "validating on %d (lower data.train_size for more)", n, len(spare), len(spare))
+    return np.sort(np.random.default_rng([seed, 2]).permutation(spare)[:n])
+
+
+def _take(x: Any, y: np.ndarray, idx: np.ndarray) -> tuple[Any, np.ndarray]:
+    xs = x[idx] if isinstance(x, np.ndarray) else [x[i] for i in idx]
+    return xs, y[idx]
+
+
 def _subsample(x: Any, y: np.ndarray, n: int, seed: int) -> tuple[Any, np.ndarray]:
     if n == 0 or n >= len(y):
         return x, y
-    idx = subsample_indices(len(y), n, seed)
-    xs = x[idx] if isinstance(x, np.ndarray) else [x[i] for i in idx]
-    return xs, y[idx]
+    return _take(x, y, subsample_indices(len(y), n, seed))
 
 
 def load_raw(cfg: DataConfig, seed: int = 0) -> RawData:
@@ -68,7 +88,10 @@ def load_raw(cfg: DataConfig, seed: int = 0) -> RawData:
         except KeyError as e:
             raise ConfigError(f"bad value {cfg.name!r} for data.name; {e.args[0].split('; ')[1]} or hf:<name>") from None
         raw = loader(cfg)
-    raw.train_x, raw.train_y = _subsample(raw.train_x, raw.train_y, cfg.train_size, seed)
+    train_idx = subsample_indices(len(raw.train_y), cfg.train_size, seed)
+    val_idx = validation_indices(len(raw.train_y), train_idx, cfg.val_size, seed)
+    raw.val_x, raw.val_y = _take(raw.train_x, raw.train_y, val_idx)
+    raw.train_x, raw.train_y = _take(raw.train_x, raw.train_y, train_idx)
     raw.test_x, raw.test_y = _subsample(raw.test_x, raw.test_y, cfg.test_size, seed + 1)
     return raw
 
@@ -256,10 +279,11 @@ class EncodedSplit:
             yield self.batch(idx[i: i + batch_size])
 
 
-def encode(raw: RawData, split: Literal["train", "test"], preprocess: Any, max_length: int) -> EncodedSplit:
+def encode(raw: RawData, split: Literal["train", "val", "test"], preprocess: Any, max_length: int) -> EncodedSplit:
     """Encode one split with the model's preprocessing (image transform or tokenizer)."""
-    x = raw.train_x if split == "train" else raw.test_x
-    y = torch.as_tensor(raw.train_y if split == "train" else raw.test_y, dtype=torch.long)
+    x, y_raw = {"train": (raw.train_x, raw.train_y), "val": (raw.val_x, raw.val_y),
+                "test": (raw.test_x, raw.test_y)}[split]
+    y = torch.as_tensor(y_raw, dtype=torch.long)
     if raw.modality == "image":
         return EncodedSplit({"pixel_values": np.asarray(x)}, y, transform=preprocess)
     enc = tokenize(preprocess, list(x), max_length)

@@ -74,7 +74,7 @@ def client_round(
     t0 = time.time()
     cfg = rt.cfg
     receive(rt.method, rt.model, update)
-    rt.method.on_round_start(rt.model, round)
+    rt.method.on_client_round(rt.model, round)
     idx = rt.partitions[pid]
     torch.manual_seed(int(stream(cfg.seed, round, pid, 0).integers(2**31)))
     held = (rt.parts.client_parameters() if rt.parts is not None

@@ -3,7 +3,9 @@
 A *dispatch* function delivers one round's train content to a list of clients and returns
 their :class:`ClientResult`; it also records the bytes of every record it sends and receives.
 The loop samples clients, aggregates (or, for SL, hands the client part on), merges the body
-service's ledger, evaluates and writes metrics, the ledger, plots and the summary.
+service's ledger, evaluates on the validation split (every ``federation.eval_every`` rounds and
+after the last) and writes metrics, the ledger, plots and the summary. The test split is
+evaluated once, on the final global model.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from fedft.federated.records import train_content
 from fedft.federated.server import ClientResult, ServerRuntime
 from fedft.outputs import LEDGER, METRICS, read_metrics
 from fedft.precision import describe
+from fedft.train import eval_summary
 
 log = logging.getLogger(__name__)
 
 Dispatch = Callable[[int, list[int], RecordDict], list[ClientResult]]
 
-METRIC_COLUMNS = ["round", "accuracy", "loss", "clients", "failed", "kept_samples", "train_loss",
+METRIC_COLUMNS = ["round", "val_accuracy", "val_loss", "clients", "failed", "kept_samples", "train_loss",
                   "bytes_round", "bytes_cumulative", "client_flops", "server_flops", "seconds"]
 
 
@@ -67,10 +70,10 @@ def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) ->
             "bytes_round": srv.ledger.total() - before, "bytes_cumulative": srv.ledger.total(),
             "client_flops": round_client, "server_flops": round_server,
         }
-        if rnd % cfg.federation.eval_every == 0 or rnd == cfg.federation.rounds:
+        if (rnd % cfg.federation.eval_every == 0 or rnd == cfg.federation.rounds) and srv.val is not None:
             result = srv.evaluate()
-            row.update(accuracy=result.accuracy, loss=result.loss)
-            bar.set_postfix(acc=f"{result.accuracy:.3f}", clients=len(good))
+            row.update(val_accuracy=result.accuracy, val_loss=result.loss)
+            bar.set_postfix(val_acc=f"{result.accuracy:.3f}", clients=len(good))
         row["seconds"] = earlier + time.time() - t0
         run.append_metrics(row)
         checkpoint.save(run.path, srv.checkpoint(rnd, {"client_flops": client_flops, "server_flops": server_flops,
@@ -81,10 +84,12 @@ def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) ->
         result = srv.evaluate()
     if srv.finalize():  # merge / interpolate / prune the final global model, then evaluate again
         result = srv.evaluate()
-        run.append_metrics({"round": cfg.federation.rounds, "accuracy": result.accuracy, "loss": result.loss,
-                            "seconds": earlier + time.time() - t0})
+        if result is not None:
+            run.append_metrics({"round": cfg.federation.rounds, "val_accuracy": result.accuracy,
+                                "val_loss": result.loss, "seconds": earlier + time.time() - t0})
+    test = srv.evaluate("test")
     run.write_ledger(srv.ledger)
-    summary = summarize(srv, result, client_flops, server_flops, earlier + time.time() - t0)
+    summary = summarize(srv, result, test, client_flops, server_flops, earlier + time.time() - t0)
     if cfg.output.plots:
         write_plots(srv)
     return summary
@@ -105,8 +110,9 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def summarize(srv: ServerRuntime, result: Any, client_flops: float, server_flops: float,
+def summarize(srv: ServerRuntime, val: Any, test: Any, client_flops: float, server_flops: float,
               seconds: float) -> dict[str, Any]:
+    """The run summary; ``final_accuracy`` is the final model's test accuracy."""
     cfg = srv.cfg
     return {
         "strategy": cfg.federation.strategy,
@@ -116,8 +122,7 @@ def summarize(srv: ServerRuntime, result: Any, client_flops: float, server_flops
         "dataset": cfg.data.name,
         "rounds": cfg.federation.rounds,
         "clients": cfg.partition.num_clients,
-        "final_accuracy": None if result is None else result.accuracy,
-        "final_loss": None if result is None else result.loss,
+        **eval_summary(val, test),
         "bytes_total": srv.ledger.total(),
         "bytes_by_kind": srv.ledger.by_kind(),
         "bytes_by_direction": srv.ledger.by_direction(),
@@ -133,7 +138,7 @@ def summarize(srv: ServerRuntime, result: Any, client_flops: float, server_flops
 def write_plots(srv: ServerRuntime) -> None:
     from fedft.plots import plot_accuracy, plot_accuracy_vs_bytes, plot_bytes_by_kind
 
-    rows = [r for r in read_metrics(srv.run.file(METRICS)) if r.get("accuracy")]
+    rows = [r for r in read_metrics(srv.run.file(METRICS)) if r.get("val_accuracy")]
     plot_accuracy(rows, "round", srv.run.file("accuracy.png"))
     plot_accuracy_vs_bytes({srv.cfg.federation.strategy: rows}, srv.run.file("accuracy_vs_bytes.png"))
     plot_bytes_by_kind(srv.ledger, srv.run.file("bytes_by_kind.png"))

@@ -57,6 +57,7 @@ class ServerRuntime:
         raw = load_raw(cfg.data, cfg.seed)
         self.model, self.method, pre = build_model(cfg, raw.num_labels)
         self.test = encode(raw, "test", pre, cfg.data.max_length)
+        self.val = encode(raw, "val", pre, cfg.data.max_length) if len(raw.val_y) else None
         labels = np.asarray(raw.train_y)
         self.partitions = partitions_for(cfg, labels)
         save_partitions(run.file(PARTITIONS), self.partitions, labels,
@@ -236,7 +237,9 @@ class ServerRuntime:
         receive(self.method, self.model, res.update)  # type: ignore[arg-type]
         self._cut()
 
-    def evaluate(self) -> EvalResult:
-        """Global client-side state + the server's body on the test split."""
-        return evaluate(self.model, self.test, self.cfg.train.eval_batch_size)
+    def evaluate(self, split: str = "val") -> EvalResult | None:
+        """Global client-side state + the server's body on the validation split (None without
+        one) or, once per run, on the test split."""
+        data = self.val if split == "val" else self.test
+        return None if data is None else evaluate(self.model, data, self.cfg.train.eval_batch_size)
 

@@ -74,7 +74,14 @@ class BaseMethod:
         return sorted(n for n, p in model.named_parameters() if p.requires_grad)
 
     def on_round_start(self, model: nn.Module, server_round: int) -> None:
-        """Hook at the start of each round or epoch (default: nothing)."""
+        """Hook at the start of each round or epoch (default: nothing). It must depend on the
+        round and the model only: in a federated run the server and every client call it."""
+
+    def on_client_round(self, model: nn.Module, server_round: int) -> None:
+        """Hook at the start of one client's round, after the global state is loaded (default:
+        :meth:`on_round_start`). One process may train several clients in turn, so state kept
+        here must not carry from one client's call to the next."""
+        self.on_round_start(model, server_round)
 
     def finalize(self, model: nn.Module) -> None:
         """Hook after training, before the final evaluation: merge, interpolate or prune.

@@ -20,7 +20,8 @@ once; while it exceeds the budget the earliest selected unit is dropped, so the 
 backward FLOPs never exceed ``rho_bp`` times the full backward. The classifier always trains.
 
 Schedule: selection runs on the first training batch after ``apply`` and after every
-``interval`` epochs (``on_round_start``), from a forward pre-hook. Every candidate stays in the
+``interval`` epochs (``on_round_start``), from a forward pre-hook. In a federated run each
+client selects on its own first batch at the start of each of its rounds (``on_client_round``). Every candidate stays in the
 optimizer; unselected tensors get no gradient, and torch optimizers skip them.
 
 What trains and travels: the selected tensors (they change per interval). Split strategies: a
@@ -196,6 +197,12 @@ class GreenTrainer(BaseMethod):
     def on_round_start(self, model: nn.Module, server_round: int) -> None:
         if server_round > 1 and (server_round - 1) % self.options.interval == 0:
             self.pending = True
+
+    def on_client_round(self, model: nn.Module, server_round: int) -> None:
+        """A federated client selects on its own first batch from the global model it just
+        received, every round it trains: an earlier selection in this process may be another
+        client's, made from that client's data and an older model."""
+        self.pending = True
 
     def _maybe_select(self, model: nn.Module, args: tuple) -> None:
         if self.pending and model.training:

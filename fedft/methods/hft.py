@@ -11,7 +11,7 @@ final norm and for the embeddings. The new classifier always trains.
 
 Stages: the draw happens in ``apply`` (stage 0) and again in :meth:`HFT.new_stage`.
 ``reselect_every_epochs = k > 0`` (an ablation) re-draws every k epochs through
-``on_round_start``; then every candidate stays trainable in ``apply`` so the optimizer holds it,
+``on_round_start`` (stage ``(round - 1) // k``, computed from the round, never counted per call); then every candidate stays trainable in ``apply`` so the optimizer holds it,
 and the draw is applied by ``requires_grad`` (frozen tensors get no gradient, and torch
 optimizers skip tensors without one).
 
@@ -119,7 +119,9 @@ class HFT(BaseMethod):
         return super().update_keys(model)
 
     def on_round_start(self, model: nn.Module, server_round: int) -> None:
+        """Stage ``(server_round - 1) // k``: a function of the round, so the server and every
+        client of a round (in whatever process) draw the same half."""
         k = self.options.reselect_every_epochs
-        if k and server_round > 1 and (server_round - 1) % k == 0:
-            self.stage += 1
+        if k and (server_round - 1) // k != self.stage:
+            self.stage = (server_round - 1) // k
             self._pending = True
