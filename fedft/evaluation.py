@@ -1,9 +1,10 @@
 """``fedft evaluate RUN_DIR``: the global model of a federated run on a (by default the whole) test split.
 
-A federated run evaluates on ``data.test_size`` test samples each round, a subset that keeps
-rounds short. This loads the run's resolved config and its last checkpoint (the aggregated
-client-side state, and the body when it trains) and evaluates on any test size, by default all
-of the test split. It writes ``RUN_DIR/evaluation.json`` and changes nothing else in the run.
+A federated run validates each round and evaluates its final model once on ``data.test_size``
+test samples (0 = all). This re-evaluates a run's last checkpoint (an older run that tested a
+subset, a run stopped early): it loads the run's resolved config and its last checkpoint (the
+aggregated client-side state, and the body when it trains) and evaluates on any test size, by
+default all of the test split. It writes ``RUN_DIR/evaluation.json`` and changes nothing else in the run.
 """
 
 from __future__ import annotations

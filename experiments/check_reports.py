@@ -1,0 +1,140 @@
+"""Recompute the reports' numbers from the committed artifacts and fail on any mismatch.
+
+Each check rebuilds, from files under ``experiments/results/`` only (no run, no model), the
+exact lines a report prints: tables row by row, and the sentences that quote a run's numbers.
+A line that is not in its report verbatim is a mismatch (a number changed, a run was replaced
+without updating the report, or the report was edited by hand). Exit 0 when every line is
+found, 1 otherwise (each missing line printed). ``--print`` shows the expected lines instead,
+for pasting into a report after a re-run.
+
+    .venv/bin/python experiments/check_reports.py            # run by tests/test_reports.py
+    .venv/bin/python experiments/check_reports.py --print
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS, REPORTS = ROOT / "experiments/results", ROOT / "experiments/reports"
+Check = Callable[[Path], Iterator[tuple[str, str]]]  # results root -> (report name, expected line)
+
+
+def _script(name: str) -> ModuleType:
+    """An experiment script as a module (they are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _table_lines(md: str) -> Iterator[str]:
+    yield from (line for line in md.splitlines() if line.startswith("|") or line.startswith("Gap to"))
+
+
+def strategy_compare(results: Path) -> Iterator[tuple[str, str]]:
+    """§8/§10 of sfprompt.md: every compare entry and variant, the selection, the gap line."""
+    sc = _script("strategy_compare")
+    root = results / "sfprompt/compare"
+    rows = sc.load_rows(root, sc.ENTRIES)
+    chosen = sc.selected(rows)
+    md = sc.table(rows, chosen) + sc.gap_line(chosen)
+    if (vrows := sc.load_rows(root, sc.VARIANTS)):
+        md += sc.table(vrows)
+    for line in _table_lines(md):
+        yield "sfprompt.md", line
+
+
+def main_job_lines(run: Path) -> list[str]:
+    """The main job's validation curve, final numbers and wall time as sfprompt.md §1 prints them."""
+    s = json.loads((run / "summary.json").read_text())
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    lines = ["| round | validation accuracy (1,000 images) | seconds since start |", "|---|---|---|"]
+    lines += [f"| {r['round']} | {float(r['val_accuracy']):.3f} | {float(r['seconds']):.1f} |"
+              for r in rows if r["val_accuracy"]]
+    lines.append(f"| test (whole split, {s['test_samples']:,} images, once) | **{s['test_accuracy']:.4f}** "
+                 f"| {s['wall_seconds']:.1f} |")
+    return lines
+
+
+def main_job(results: Path) -> Iterator[tuple[str, str]]:
+    for line in main_job_lines(results / "sfprompt/main_job"):
+        yield "sfprompt.md", line
+
+
+def paper_full(results: Path) -> Iterator[tuple[str, str]]:
+    """The paper's SFPrompt at the main job's full size, if it was run."""
+    run = results / "sfprompt/sfprompt_paper_full"
+    if (run / "summary.json").is_file():
+        for line in main_job_lines(run):
+            yield "sfprompt.md", line
+
+
+def overhead_line(res: dict) -> str:
+    return (f"| {res['round']} | {res['simulation_s']:.1f} | {res['inprocess_s']:.1f} | {res['plain_s']:.1f} "
+            f"| {res['simulation_over_plain']:.3f} | {res['inprocess_over_plain']:.3f} |")
+
+
+def overhead(results: Path) -> Iterator[tuple[str, str]]:
+    for name in sorted((results / "sfprompt").glob("overhead*.json")):
+        yield "sfprompt.md", overhead_line(json.loads(name.read_text()))
+
+
+def privacy(results: Path) -> Iterator[tuple[str, str]]:
+    """privacy.md's trade-off table, row by row, from each arm's committed summary and attacks."""
+    pt = _script("privacy_tradeoff")
+    rows = [r for arm in pt.ARMS if (results / "privacy/runs" / arm / "privacy.json").is_file()
+            for r in pt.rows_of(arm, results / "privacy/runs" / arm)]
+    for line in _table_lines(pt.markdown(rows)):
+        if not line.startswith("|---") and not line.startswith("| arm"):
+            yield "privacy.md", line
+
+
+CHECKS: list[Check] = [main_job, paper_full, strategy_compare, overhead, privacy]
+
+
+def mismatches(results: Path = RESULTS, reports: Path = REPORTS) -> list[str]:
+    """Every expected line missing from its report, as 'report: line'."""
+    texts: dict[str, str] = {}
+    missing = []
+    for check in CHECKS:
+        for report, line in check(results):
+            text = texts.setdefault(report, (reports / report).read_text())
+            if line not in text:
+                missing.append(f"{report} ({check.__name__}): {line}")
+    return missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--print", action="store_true", help="print the expected lines, check nothing")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--reports", type=Path, default=REPORTS)
+    a = p.parse_args(argv)
+    if a.print:
+        for check in CHECKS:
+            print(f"## {check.__name__}")
+            for report, line in check(a.results):
+                print(f"[{report}] {line}")
+        return 0
+    bad = mismatches(a.results, a.reports)
+    for m in bad:
+        print(f"MISMATCH {m}")
+    n = sum(1 for check in CHECKS for _ in check(a.results))
+    print(f"{n - len(bad)} of {n} reported lines match their artifacts")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Every strategy on the real task in one ``fedft compare``, tuned on validation (issue 14).
+
+One ``fedft compare`` runs SFPrompt (the main job's settings), the paper's SFPrompt
+(``experiments/configs/sfprompt_paper.toml``, a small learning-rate sweep), SFPrompt's three
+ablations, SFL, SFL-V1, SFL-V2, SL, FL-Full, FL-Linear and FL-Prompt on identical data,
+partitions, seeds and rounds, at one size that fits a 2-core machine (``SIZE``). The strategies
+that train the body (SL, SFL-V1, SFL-V2, FL-Full) each get one more learning rate (they are the
+ones whose trained tensors differ from what the main job's settings were tuned on). Every
+candidate is an entry of the same compare; the report keeps, per strategy, the candidate with
+the best final validation accuracy and reports its test accuracy once.
+
+    .venv/bin/python experiments/strategy_compare.py                # run (resumable) + report
+    .venv/bin/python experiments/strategy_compare.py --variants     # the paper-gap variants (§10)
+    .venv/bin/python experiments/strategy_compare.py --report-only  # tables, plots, artifacts
+
+Writes ``--results``/compare.csv (every entry), selected.csv (one row per strategy), tables.md,
+accuracy_vs_bytes.png, accuracy_vs_client_flops.png, val_curves.png, and per entry
+``runs/<label>/`` with config.toml, summary.json, metrics.csv and ledger_by_round.csv (the
+ledger summed by round x kind x direction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = "experiments/configs/sfprompt_paper.toml"
+# [D] one size for every strategy: 800 training images over the main job's 10 clients, 500
+# validation images (every round), 2,000 test images (once), 5 rounds
+SIZE = ["data.train_size=800", "data.val_size=500", "data.test_size=2000", "federation.rounds=5",
+        "federation.eval_every=1"]
+# label -> (strategy, reported as, overrides); the main job's settings unless overridden
+ENTRIES: dict[str, tuple[str, str, list[str]]] = {
+    "sfprompt": ("sfprompt", "sfprompt", []),
+    "sfprompt_paper": ("sfprompt", "sfprompt_paper", []),  # the TOML's lr 0.05, prompt lr 0.1
+    "sfprompt_paper@lr0.01": ("sfprompt", "sfprompt_paper", ["train.lr=0.01"]),
+    "sfprompt_paper@p0.5": ("sfprompt", "sfprompt_paper", ["train.prompt_lr=0.5"]),
+    "sfprompt_paper@p0.01": ("sfprompt", "sfprompt_paper", ["train.prompt_lr=0.01"]),
+    "sfprompt_no_local": ("sfprompt_no_local", "sfprompt_no_local", []),
+    "sfprompt_no_prune": ("sfprompt_no_prune", "sfprompt_no_prune", []),
+    "sfprompt_random": ("sfprompt_random", "sfprompt_random", []),
+    "sfl": ("sfl", "sfl", []),
+    "sfl_v1": ("sfl_v1", "sfl_v1", []),
+    "sfl_v1@lr3e-4": ("sfl_v1", "sfl_v1", ["train.lr=0.0003"]),
+    "sfl_v2": ("sfl_v2", "sfl_v2", []),
+    "sfl_v2@lr3e-4": ("sfl_v2", "sfl_v2", ["train.lr=0.0003"]),
+    "sl": ("sl", "sl", []),
+    "sl@lr3e-4": ("sl", "sl", ["train.lr=0.0003"]),
+    "fl_full": ("fl_full", "fl_full", []),
+    "fl_full@lr3e-4": ("fl_full", "fl_full", ["train.lr=0.0003"]),
+    "fl_linear": ("fl_linear", "fl_linear", []),
+    "fl_prompt": ("fl_prompt", "fl_prompt", []),
+}
+# §10: what the paper itself varies, on the main job's settings (a second compare)
+VARIANTS: dict[str, tuple[str, str, list[str]]] = {
+    "sfprompt@P20": ("sfprompt", "sfprompt", ["method.prompt_len=20"]),
+    "sfprompt@keep0.8": ("sfprompt", "sfprompt", ["federation.sfprompt.keep_ratio=0.8"]),
+    "sfprompt@h1": ("sfprompt", "sfprompt", ["split.head_blocks=1"]),
+    "sfprompt_paper@h1": ("sfprompt", "sfprompt_paper", ["split.head_blocks=1"]),
+}
+ARTIFACTS = ("config.toml", "summary.json", "metrics.csv")
+
+
+def command(entries: dict[str, tuple[str, str, list[str]]], out: Path) -> list[str]:
+    """The one ``fedft compare`` command line for ``entries``."""
+    cmd = [str(ROOT / ".venv/bin/fedft"), "compare", "--out", str(out),
+           "--strategies", ",".join(f"{lab}={s}" for lab, (s, _, _) in entries.items())]
+    for kv in SIZE:
+        cmd += ["--set", kv]
+    for lab, (_, _, over) in entries.items():
+        cmd += [a for kv in over for a in ("--set-for", f"{lab}:{kv}")]
+        if entries[lab][1] == "sfprompt_paper":
+            cmd += ["--config-for", f"{lab}:{PAPER}"]
+    return cmd
+
+
+def ledger_by_round(run: Path) -> list[dict[str, Any]]:
+    """The run's ledger summed by (round, kind, direction): bytes and message count."""
+    total: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    with open(run / "ledger.csv", newline="") as f:
+        for e in csv.DictReader(f):
+            t = total[(int(e["round"]), e["kind"], e["direction"])]
+            t[0] += int(e["nbytes"])
+            t[1] += 1
+    return [{"round": r, "kind": k, "direction": d, "nbytes": v[0], "messages": v[1]}
+            for (r, k, d), v in sorted(total.items())]
+
+
+def copy_artifacts(run: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ARTIFACTS:
+        shutil.copy2(run / name, dest / name)
+    rows = ledger_by_round(run)
+    with open(dest / "ledger_by_round.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def entry_row(label: str, reported: str, d: Path) -> dict[str, Any]:
+    """One entry from its committed artifacts (summary.json, metrics.csv)."""
+    s = json.loads((d / "summary.json").read_text())
+    with open(d / "metrics.csv", newline="") as f:
+        curve = [float(r["val_accuracy"]) for r in csv.DictReader(f) if r["val_accuracy"]]
+    k = s["bytes_by_kind"]
+    return {
+        "label": label, "strategy": reported, "val_accuracy": s["val_accuracy"], "test_accuracy": s["test_accuracy"],
+        "val_curve": curve, "bytes_total": s["bytes_total"],
+        "params_bytes": k.get("params_down", 0) + k.get("params_up", 0),
+        "split_bytes": sum(v for kk, v in k.items() if kk.startswith(("activations", "grads"))),
+        "control_bytes": k.get("control", 0), "client_flops": s["client_flops"], "server_flops": s["server_flops"],
+        "wall_seconds": s["wall_seconds"], "test_samples": s["test_samples"], "val_samples": s["val_samples"],
+    }
+
+
+def load_rows(results: Path, entries: dict[str, tuple[str, str, list[str]]]) -> list[dict[str, Any]]:
+    return [entry_row(lab, rep, results / "runs" / lab) for lab, (_, rep, _) in entries.items()
+            if (results / "runs" / lab / "summary.json").is_file()]
+
+
+def selected(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per reported strategy, the candidate with the best final validation accuracy (first on ties)."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["strategy"] not in best or r["val_accuracy"] > best[r["strategy"]]["val_accuracy"]:
+            best[r["strategy"]] = r
+    return list(best.values())
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.1f}"
+
+
+def table(rows: list[dict[str, Any]], chosen: list[dict[str, Any]] | None = None) -> str:
+    """The markdown table of ``rows``; the chosen candidates in bold."""
+    keep = {id(r) for r in chosen} if chosen is not None else set()
+    head = ("| entry | reported as | val acc (final) | test acc | val acc per round | bytes MB | params MB "
+            "| split MB | client TFLOP | server TFLOP | wall s |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        b = "**" if id(r) in keep else ""
+        lines.append(f"| {b}{r['label']}{b} | {r['strategy']} | {r['val_accuracy']:.3f} | {b}{r['test_accuracy']:.4f}{b} "
+                     f"| {' '.join(f'{a:.2f}' for a in r['val_curve'])} | {_mb(r['bytes_total'])} "
+                     f"| {_mb(r['params_bytes'])} | {_mb(r['split_bytes'])} | {r['client_flops'] / 1e12:.2f} "
+                     f"| {r['server_flops'] / 1e12:.1f} | {r['wall_seconds']:.0f} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def gap_line(chosen: list[dict[str, Any]]) -> str:
+    """The gap to FL-Full (test accuracy of the validation-selected models), in points."""
+    by = {r["strategy"]: r for r in chosen}
+    full = by["fl_full"]["test_accuracy"]
+    parts = [f"{s} {100 * (by[s]['test_accuracy'] - full):+.1f}" for s in ("sfprompt", "sfprompt_paper") if s in by]
+    return f"Gap to FL-Full ({full:.4f}) in test-accuracy points: " + ", ".join(parts) + "\n"
+
+
+def plots(chosen: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for x, name, xlabel in (("bytes_total", "accuracy_vs_bytes.png", "bytes communicated over the run (MB, log)"),
+                            ("client_flops", "accuracy_vs_client_flops.png", "client FLOPs over the run (TFLOP, log)")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        scale = 1e6 if x == "bytes_total" else 1e12
+        for r in chosen:
+            ax.scatter(r[x] / scale, r["test_accuracy"], s=40)
+            ax.annotate(r["strategy"], (r[x] / scale, r["test_accuracy"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy (validation-selected)")
+        ax.grid(alpha=0.3, which="both")
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in chosen:
+        ax.plot(range(1, len(r["val_curve"]) + 1), r["val_curve"], marker="o", label=r["strategy"])
+    ax.set_xlabel("round")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "val_curves.png", dpi=120)
+    plt.close(fig)
+
+
+def report(root: Path, results: Path, variants: bool) -> str:
+    """Copy artifacts of the finished entries, write the tables and plots; return tables.md."""
+    for group in ("compare", "variants"):
+        for lab in (VARIANTS if group == "variants" else ENTRIES):
+            if (root / group / lab / "summary.json").is_file():
+                copy_artifacts(root / group / lab, results / "runs" / lab)
+    rows = load_rows(results, ENTRIES)
+    chosen = selected(rows)
+    results.mkdir(parents=True, exist_ok=True)
+    with open(results / "compare.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "val_curve"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    with open(results / "selected.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "val_curve"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(chosen)
+    plots(chosen, results)
+    md = "## All candidates (selected in bold)\n\n" + table(rows, chosen)
+    if {"fl_full", "sfprompt"} <= {r["strategy"] for r in chosen}:
+        md += "\n" + gap_line(chosen)
+    vrows = load_rows(results, VARIANTS)
+    if vrows:
+        md += "\n## Variants\n\n" + table(vrows)
+    (results / "tables.md").write_text(md)
+    return md
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", type=Path, default=Path("runs/strategy_compare"), help="run directories")
+    p.add_argument("--results", type=Path, default=ROOT / "experiments/results/sfprompt/compare",
+                   help="committed artifacts and tables")
+    p.add_argument("--variants", action="store_true", help="run the paper-gap variants instead")
+    p.add_argument("--report-only", action="store_true", help="only copy artifacts and tabulate")
+    a = p.parse_args()
+    if not a.report_only:
+        entries = VARIANTS if a.variants else ENTRIES
+        cmd = command(entries, a.root / ("variants" if a.variants else "compare"))
+        print(" ".join(shlex.quote(c) for c in cmd), flush=True)
+        rc = subprocess.run(cmd).returncode
+        if rc:
+            sys.exit(rc)
+    print(report(a.root, a.results, a.variants))
+
+
+if __name__ == "__main__":
+    main()
