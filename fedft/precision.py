@@ -17,7 +17,8 @@ attention for bf16 on a CPU and PyTorch's ``sdpa`` everywhere else.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -92,3 +93,27 @@ def autocast(dtype: torch.dtype, device_type: str = "cpu") -> Any:
         return nullcontext()
     return torch.autocast(device_type, dtype=dtype)
 
+
+
+@contextmanager
+def weight_cast_cache(model: torch.nn.Module) -> Iterator[None]:
+    """Cast each weight to the compute dtype once for the whole block instead of once per forward
+    (evaluation, where the weights do not change; 11 % of a bf16 DINOv2 forward was the cast).
+
+    Autocast caches the low-precision copy of a float32 leaf that requires grad until the
+    outermost autocast block exits. Inside this block the frozen weights are marked as requiring
+    grad (no graph is built: the caller runs under ``torch.no_grad``), and an outer, disabled
+    autocast block keeps the cache from one batch to the next; the numbers are the same.
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError("weight_cast_cache is for evaluation under torch.no_grad()")
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    device = next((p.device.type for p in model.parameters()), "cpu")
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        with torch.autocast(device, enabled=False):
+            yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)

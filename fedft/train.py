@@ -14,6 +14,7 @@ from torch import nn
 
 from fedft.config import ExperimentConfig, TrainConfig
 from fedft.data.datasets import EncodedSplit
+from fedft.precision import weight_cast_cache
 from fedft.precondition import HeadPreconditioner
 
 
@@ -146,12 +147,13 @@ def evaluate(model: nn.Module, split: EncodedSplit, batch_size: int, idx: np.nda
     model.eval()
     idx = np.arange(len(split)) if idx is None else idx
     loss_sum, correct, count, n = 0.0, 0, 0, 0
-    for batch in split.batches(idx, batch_size):
-        logits = model(batch)
-        b = len(batch["labels"])
-        loss_sum += float(model.loss(logits, batch)) * b  # type: ignore[operator]
-        c, k = accuracy_counts(logits, batch["labels"])
-        correct, count, n = correct + c, count + k, n + b
+    with weight_cast_cache(model):
+        for batch in split.batches(idx, batch_size):
+            logits = model(batch)
+            b = len(batch["labels"])
+            loss_sum += float(model.loss(logits, batch)) * b  # type: ignore[operator]
+            c, k = accuracy_counts(logits, batch["labels"])
+            correct, count, n = correct + c, count + k, n + b
     model.train(was)
     return EvalResult(loss_sum / max(n, 1), correct / max(count, 1), n)
 

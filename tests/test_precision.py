@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -159,3 +160,28 @@ def test_every_method_runs_in_bf16(tmp_path, method: str, strategy: str) -> None
     summary = run(cfg, tmp_path, show=False)
     assert summary["precision"]["used"] == "bf16"
     assert math.isfinite(summary["final_loss"]) and summary["test_samples"] == 16
+
+
+def test_evaluation_casts_each_weight_once_and_gives_the_same_numbers() -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from fedft.model.tiny import tiny_batch, tiny_task_model
+    from fedft.precision import weight_cast_cache
+
+    model = tiny_task_model("vit", num_hidden_layers=2)
+    model.compute_dtype = torch.bfloat16
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)  # a frozen body, as the server evaluates it
+    batch = tiny_batch("vit")
+
+    def casts(cached: bool) -> tuple[list[torch.Tensor], int]:
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            with weight_cast_cache(model) if cached else nullcontext():
+                out = [model(batch) for _ in range(3)]
+        return out, sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+
+    plain, n_plain = casts(False)
+    cached, n_cached = casts(True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, cached, strict=True))
+    assert n_cached < n_plain  # the weights were cast once, not once per forward
+    assert not any(p.requires_grad for p in model.backbone.parameters())  # flags restored
