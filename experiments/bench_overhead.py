@@ -51,76 +51,87 @@ def engine_round(cfg: Any, engine: str, rnd: int, out: Path) -> float:
     return secs[rnd - 1] - (secs[rnd - 2] if rnd > 1 else 0.0)
 
 
-def plain_rounds(cfg: Any, rounds: int) -> list[float]:
-    """Seconds of each of ``rounds`` plain rounds (see the module docstring)."""
-    from fedft.data.datasets import encode, load_raw
-    from fedft.federated.client import partitions_for, split_parts
-    from fedft.model import build_model
-    from fedft.precondition import head_preconditioner
-    from fedft.split.step import el2n_scores
-    from fedft.strategies.sfprompt import n_kept, select_hardest
-    from fedft.train import evaluate, lr_factor, make_optimizer, set_lr_factor
+class PlainLoop:
+    """The main job's tensor work with no framework (see the module docstring)."""
 
-    raw = load_raw(cfg.data, cfg.seed)
-    model, _, pre = build_model(cfg, raw.num_labels)
-    train = encode(raw, "train", pre, cfg.data.max_length)
-    val = encode(raw, "val", pre, cfg.data.max_length)
-    parts = split_parts(cfg, model)
-    parts.freeze_body()
-    partitions = partitions_for(cfg, np.asarray(raw.train_y))
-    o, tc, norm = cfg.federation.options_for("sfprompt"), cfg.train, model.readout_norm
-    body_keys = {n for n, q in model.named_parameters() if not q.requires_grad}  # frozen: never change
-    glob = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in body_keys}
-    times = []
-    for rnd in range(1, rounds + 1):
-        t0 = time.perf_counter()
-        states = []
-        for pid, idx in enumerate(partitions):
-            model.load_state_dict(glob, strict=False)
-            torch.manual_seed(rnd * 1000 + pid)
-            rng = np.random.default_rng([cfg.seed, rnd, pid])
-            opt = make_optimizer(model, tc)
-            lrs = [g["lr"] for g in opt.param_groups]
-            set_lr_factor(opt, lrs, lr_factor(tc, rnd - 1, cfg.federation.rounds))
-            lrs = [g["lr"] for g in opt.param_groups]
-            parts.head.train(), parts.tail.train(), parts.body.eval()
-            with torch.no_grad():  # EL2N on head -> tail
-                scores = torch.cat([el2n_scores(parts, b, None, batch_norm_stats=o.score_norm == "batch")
-                                    for b in train.batches(idx, tc.eval_batch_size)]).numpy()
-            kept = idx[select_hardest(scores, n_kept(len(idx), o.keep_ratio, tc.batch_size))]
-            set_lr_factor(opt, lrs, o.local_lr_scale)  # the local-loss update, body skipped
-            with norm.batch_statistics() if norm is not None else nullcontext():
-                for b in train.batches(kept, tc.batch_size, shuffle=True, rng=rng):
-                    opt.zero_grad(set_to_none=True)
+    def __init__(self, cfg: Any) -> None:
+        from fedft.data.datasets import encode, load_raw
+        from fedft.federated.client import partitions_for, split_parts
+        from fedft.model import build_model
+
+        self.cfg, self.tc = cfg, cfg.train
+        raw = load_raw(cfg.data, cfg.seed)
+        self.model, _, pre = build_model(cfg, raw.num_labels)
+        self.train = encode(raw, "train", pre, cfg.data.max_length)
+        self.val = encode(raw, "val", pre, cfg.data.max_length)
+        self.parts = split_parts(cfg, self.model)
+        self.parts.freeze_body()
+        self.partitions = partitions_for(cfg, np.asarray(raw.train_y))
+        self.o, self.norm = cfg.federation.options_for("sfprompt"), self.model.readout_norm
+        frozen = {n for n, q in self.model.named_parameters() if not q.requires_grad}  # never change
+        self.glob = {k: v.detach().clone() for k, v in self.model.state_dict().items() if k not in frozen}
+
+    def _norm(self, ctx: str) -> Any:
+        return nullcontext() if self.norm is None else getattr(self.norm, ctx)()
+
+    def client(self, rnd: int, pid: int, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """One client's round from the global state; returns its prompts + tail state."""
+        from fedft.precondition import head_preconditioner
+        from fedft.split.step import el2n_scores
+        from fedft.strategies.sfprompt import n_kept, select_hardest
+        from fedft.train import lr_factor, make_optimizer, set_lr_factor
+
+        model, parts, tc, o = self.model, self.parts, self.tc, self.o
+        model.load_state_dict(self.glob, strict=False)
+        torch.manual_seed(rnd * 1000 + pid)
+        rng = np.random.default_rng([self.cfg.seed, rnd, pid])
+        opt = make_optimizer(model, tc)
+        set_lr_factor(opt, [g["lr"] for g in opt.param_groups], lr_factor(tc, rnd - 1, self.cfg.federation.rounds))
+        lrs = [g["lr"] for g in opt.param_groups]
+        parts.head.train(), parts.tail.train(), parts.body.eval()
+        with torch.no_grad():  # EL2N on head -> tail
+            scores = torch.cat([el2n_scores(parts, b, None, batch_norm_stats=o.score_norm == "batch")
+                                for b in self.train.batches(idx, tc.eval_batch_size)]).numpy()
+        kept = idx[select_hardest(scores, n_kept(len(idx), o.keep_ratio, tc.batch_size))]
+        set_lr_factor(opt, lrs, o.local_lr_scale)  # the local-loss update, body skipped
+        with self._norm("batch_statistics"):
+            for b in self.train.batches(kept, tc.batch_size, shuffle=True, rng=rng):
+                opt.zero_grad(set_to_none=True)
+                h, m = parts.head(b)
+                model.loss(parts.tail(h, m), b).backward()
+                opt.step()
+        set_lr_factor(opt, lrs, 1.0)
+        opt.state.clear()
+        kfac = head_preconditioner(model, tc.kfac_damping)
+        with self._norm("round_average"):
+            for b in self.train.batches(kept, tc.batch_size, shuffle=True, rng=rng):  # through the body
+                opt.zero_grad(set_to_none=True)
+                with kfac.active() if kfac is not None else nullcontext():
                     h, m = parts.head(b)
-                    model.loss(parts.tail(h, m), b).backward()
-                    opt.step()
-            set_lr_factor(opt, lrs, 1.0)
-            opt.state.clear()
-            kfac = head_preconditioner(model, tc.kfac_damping)
-            with norm.round_average() if norm is not None else nullcontext():
-                for b in train.batches(kept, tc.batch_size, shuffle=True, rng=rng):  # through the body
-                    opt.zero_grad(set_to_none=True)
-                    with kfac.active() if kfac is not None else nullcontext():
-                        h, m = parts.head(b)
-                        z = parts.body(h, m)
-                        zc = z.detach().requires_grad_(True)
-                        model.loss(parts.tail(zc, m), b).backward()
-                    z.backward(zc.grad)
-                    if kfac is not None:
-                        kfac.apply()
-                    opt.step()
-            if kfac is not None:
-                kfac.finish()
-            states.append((len(idx), {k: v.detach().clone() for k, v in model.state_dict().items() if k in glob}))
+                    z = parts.body(h, m)
+                    zc = z.detach().requires_grad_(True)
+                    model.loss(parts.tail(zc, m), b).backward()
+                z.backward(zc.grad)  # the body's input gradient, into the prompts
+                if kfac is not None:
+                    kfac.apply()
+                opt.step()
+        if kfac is not None:
+            kfac.finish()
+        return {k: v.detach().clone() for k, v in model.state_dict().items() if k in self.glob}
+
+    def round(self, rnd: int) -> float:
+        """Seconds of one round: every client, the weighted average, the validation."""
+        from fedft.train import evaluate
+
+        t0 = time.perf_counter()
+        states = [(len(idx), self.client(rnd, pid, idx)) for pid, idx in enumerate(self.partitions)]
         total = sum(n for n, _ in states)
-        glob = {k: (sum(n * s[k].double() for n, s in states) / total).to(v.dtype) if v.is_floating_point() else v
-                for k, v in glob.items()}
-        model.load_state_dict(glob, strict=False)
-        if rnd % cfg.federation.eval_every == 0 or rnd == cfg.federation.rounds:
-            evaluate(model, val, tc.eval_batch_size)
-        times.append(time.perf_counter() - t0)
-    return times
+        self.glob = {k: (sum(n * s[k].double() for n, s in states) / total).to(v.dtype) if v.is_floating_point()
+                     else v for k, v in self.glob.items()}
+        self.model.load_state_dict(self.glob, strict=False)
+        if rnd % self.cfg.federation.eval_every == 0 or rnd == self.cfg.federation.rounds:
+            evaluate(self.model, self.val, self.tc.eval_batch_size)
+        return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -140,7 +151,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         res["simulation_s"] = engine_round(cfg, "simulation", a.round, Path(d) / "sim")
         res["inprocess_s"] = engine_round(cfg, "inprocess", a.round, Path(d) / "inp")
-    res["plain_s"] = plain_rounds(cfg, a.round)[-1]
+    loop = PlainLoop(cfg)
+    res["plain_s"] = [loop.round(r) for r in range(1, a.round + 1)][-1]
     res["simulation_over_plain"] = res["simulation_s"] / res["plain_s"]
     res["inprocess_over_plain"] = res["inprocess_s"] / res["plain_s"]
     a.out.parent.mkdir(parents=True, exist_ok=True)

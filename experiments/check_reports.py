@@ -67,8 +67,20 @@ def main_job_lines(run: Path) -> list[str]:
     return lines
 
 
+def timing_lines(results: Path) -> list[str]:
+    """The main job's wall time before issue 14 (a test subset each round) and after (validation
+    every 2nd round, the whole test split once), on the same machine."""
+    before = json.loads((results / "sfprompt/main_job_before_issue14/summary.json").read_text())
+    after = json.loads((results / "sfprompt/main_job/summary.json").read_text())
+    return [f"| before issue 14: 1,000 test images every round | {before['final_accuracy']:.3f} "
+            f"| {before['wall_seconds']:.1f} | 1.000 |",
+            f"| issue 14: 1,000 validation images every 2nd round, {after['test_samples']:,} test images once "
+            f"| {after['test_accuracy']:.3f} | {after['wall_seconds']:.1f} "
+            f"| {after['wall_seconds'] / before['wall_seconds']:.3f} |"]
+
+
 def main_job(results: Path) -> Iterator[tuple[str, str]]:
-    for line in main_job_lines(results / "sfprompt/main_job"):
+    for line in main_job_lines(results / "sfprompt/main_job") + timing_lines(results):
         yield "sfprompt.md", line
 
 

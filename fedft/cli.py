@@ -80,7 +80,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not sep or "=" not in kv:
             from fedft.errors import ConfigError
 
-            raise ConfigError(f"--set-for {item!r} must look like STRATEGY:section.key=value")
+            raise ConfigError(f"--set-for {item!r} must look like LABEL:section.key=value (LABEL: an entry of --strategies)")
         per.setdefault(strategy.strip(), []).append(kv)
     config_for: dict[str, Path] = {}
     for item in args.config_for or []:
@@ -189,8 +189,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--strategies", required=True,
                    help="comma-separated entries, STRATEGY or LABEL=STRATEGY, e.g. sfprompt,fl_full,paper=sfprompt")
     c.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a config value")
-    c.add_argument("--set-for", action="append", metavar="STRATEGY:KEY=VALUE",
-                   help="override a value for one strategy only, e.g. --set-for fl_full:train.lr=0.0003 "
+    c.add_argument("--set-for", action="append", metavar="LABEL:KEY=VALUE",
+                   help="override a value for one entry only, e.g. --set-for fl_full:train.lr=0.0003 "
                         "(repeatable; recorded in DIR/<label>/config.toml)")
     c.add_argument("--config-for", action="append", metavar="LABEL:PATH",
                    help="the entry LABEL takes its settings from this TOML file, except seed, [data], "

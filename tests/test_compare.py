@@ -42,7 +42,7 @@ def test_per_strategy_override_for_a_strategy_not_compared_is_refused(tmp_path):
 def test_malformed_set_for_exits_2(tmp_path, capsys):
     rc = main(["compare", "--strategies", "sfprompt", "--set-for", "fl_full=train.lr", "--out", str(tmp_path)])
     assert rc == 2
-    assert "STRATEGY:section.key=value" in capsys.readouterr().err
+    assert "LABEL:section.key=value" in capsys.readouterr().err
 
 
 def test_labelled_entries_take_their_own_config_file_but_share_data_and_rounds(tmp_path):
