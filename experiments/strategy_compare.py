@@ -65,8 +65,8 @@ ENTRIES: dict[str, tuple[str, str, list[str]]] = {
                                                           "train.prompt_lr=0.001"]),
 }
 # §9-10 (a second compare): each of fedft's five additions taken out of the main job alone, and
-# what the paper itself varies (prompt length, head blocks on the client; the keep ratio's
-# end point is sfprompt_no_prune in the compare)
+# what the paper itself varies: the prompt length (the keep ratio's end point is
+# sfprompt_no_prune in the compare; head blocks on the client: experiments/reports/privacy.md)
 VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     "sfprompt-kfac": ("sfprompt", "sfprompt", ["train.head_preconditioner=none"]),
     "sfprompt-readout_bn": ("sfprompt", "sfprompt", ["model.readout_norm=none"]),
@@ -75,7 +75,6 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     # SGD for the prompts at the lr that did best for SGD when the main job was tuned (3e-4)
     "sfprompt-adam_prompts": ("sfprompt", "sfprompt", ["train.prompt_optimizer=same", "train.prompt_lr=0.0003"]),
     "sfprompt@P20": ("sfprompt", "sfprompt", ["method.prompt_len=20"]),
-    "sfprompt@h1": ("sfprompt", "sfprompt", ["split.head_blocks=1"]),
 }
 ARTIFACTS = ("config.toml", "summary.json", "metrics.csv")
 
