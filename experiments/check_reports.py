@@ -48,8 +48,9 @@ def strategy_compare(results: Path) -> Iterator[tuple[str, str]]:
     rows = sc.load_rows(root, sc.ENTRIES)
     chosen = sc.selected(rows)
     md = sc.table(rows, chosen) + sc.gap_line(chosen)
-    if (vrows := sc.load_rows(root, sc.VARIANTS)):
-        md += sc.table(vrows)
+    for entries in (sc.VARIANTS, sc.DIAGNOSTICS):
+        if (more := sc.load_rows(root, entries)):
+            md += sc.table(more)
     for line in _table_lines(md):
         yield "sfprompt.md", line
 

@@ -4,15 +4,17 @@ One ``fedft compare`` runs SFPrompt (the main job's settings), the paper's SFPro
 (``experiments/configs/sfprompt_paper.toml``, a small learning-rate sweep), SFPrompt's three
 ablations, SFL, SFL-V1, SFL-V2, SL, FL-Full, FL-Linear and FL-Prompt on identical data,
 partitions, seeds and rounds, at one size that fits a 2-core machine (``SIZE``). The strategies
-that train the body (SFL-V1, FL-Full; SL and SFL-V2 take the first) get two learning rates (they are the
-ones whose trained tensors differ from what the main job's settings were tuned on) with the
-optimiser that the FL-Full baseline of sfprompt.md §3 was tuned to (AdamW, plain head) at two
-backbone learning rates. Every
-candidate is an entry of the same compare; the report keeps, per strategy, the candidate with
-the best final validation accuracy and reports its test accuracy once.
+that train the body get the optimiser that the FL-Full baseline of sfprompt.md §3 was tuned to
+(AdamW, plain head); SFL-V1 and FL-Full at two backbone learning rates. Every candidate is an
+entry of the same compare; the report keeps, per strategy, the candidate with the best final
+validation accuracy and reports its test accuracy once. Two more groups run as their own
+compare at the same size: ``variants`` (fedft's additions taken out of the main job one at a
+time, and what the paper varies) and ``diagnostics`` (single changes to the paper's
+configuration, to find why it fails; not selection candidates).
 
     .venv/bin/python experiments/strategy_compare.py                # run (resumable) + report
-    .venv/bin/python experiments/strategy_compare.py --variants     # the paper-gap variants (§10)
+    .venv/bin/python experiments/strategy_compare.py --group variants     # sfprompt.md §9-10
+    .venv/bin/python experiments/strategy_compare.py --group diagnostics  # sfprompt.md §9
     .venv/bin/python experiments/strategy_compare.py --report-only  # tables, plots, artifacts
 
 Writes ``--results``/compare.csv (every entry), selected.csv (one row per strategy), tables.md,
@@ -45,10 +47,15 @@ ADAMW = ["train.optimizer=adamw", "train.head_lr=0.001", "train.head_preconditio
 # label -> (strategy, reported as, overrides); the main job's settings unless overridden
 ENTRIES: dict[str, tuple[str, str, list[str]]] = {
     "sfprompt": ("sfprompt", "sfprompt", []),
-    "sfprompt_paper": ("sfprompt", "sfprompt_paper", []),  # the TOML's lr 0.05, prompt lr 0.1
-    "sfprompt_paper@lr0.01": ("sfprompt", "sfprompt_paper", ["train.lr=0.01"]),
-    "sfprompt_paper@p0.5": ("sfprompt", "sfprompt_paper", ["train.prompt_lr=0.5"]),
+    # the paper's SFPrompt: the TOML (lr 0.05, prompt lr 0.5, the candidate validation chose) and
+    # the other candidates of the sweep, each with every learning rate explicit
+    "sfprompt_paper": ("sfprompt", "sfprompt_paper", []),
+    "sfprompt_paper@p0.1": ("sfprompt", "sfprompt_paper", ["train.prompt_lr=0.1"]),
     "sfprompt_paper@p0.01": ("sfprompt", "sfprompt_paper", ["train.prompt_lr=0.01"]),
+    "sfprompt_paper@lr0.01": ("sfprompt", "sfprompt_paper", ["train.lr=0.01", "train.prompt_lr=0.1"]),
+    # the spec's alternative optimiser: Adam at 1e-3 for tail and prompts
+    "sfprompt_paper@adam": ("sfprompt", "sfprompt_paper", ["train.optimizer=adam", "train.lr=0.001",
+                                                          "train.prompt_lr=0.001"]),
     "sfprompt_no_local": ("sfprompt_no_local", "sfprompt_no_local", []),
     "sfprompt_no_prune": ("sfprompt_no_prune", "sfprompt_no_prune", []),
     "sfprompt_random": ("sfprompt_random", "sfprompt_random", []),
@@ -60,13 +67,10 @@ ENTRIES: dict[str, tuple[str, str, list[str]]] = {
        for tag, lr in (("", "0.00002"), ("@lr1e-4", "0.0001")) if not (tag and s in ("sfl_v2", "sl"))},
     "fl_linear": ("fl_linear", "fl_linear", []),
     "fl_prompt": ("fl_prompt", "fl_prompt", []),
-    # the spec's alternative optimiser for the paper's SFPrompt: Adam at 1e-3 for tail and prompts
-    "sfprompt_paper@adam": ("sfprompt", "sfprompt_paper", ["train.optimizer=adam", "train.lr=0.001",
-                                                          "train.prompt_lr=0.001"]),
 }
 # §9-10 (a second compare): each of fedft's five additions taken out of the main job alone, and
-# what the paper itself varies: the prompt length (the keep ratio's end point is
-# sfprompt_no_prune in the compare; head blocks on the client: experiments/reports/privacy.md)
+# what the paper itself varies: the prompt length, one head block on the client, the keep ratio
+# (0.75 here; its end point 1.0 is sfprompt_no_prune in the compare)
 VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     "sfprompt-kfac": ("sfprompt", "sfprompt", ["train.head_preconditioner=none"]),
     "sfprompt-readout_bn": ("sfprompt", "sfprompt", ["model.readout_norm=none"]),
@@ -75,7 +79,17 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     # SGD for the prompts at the lr that did best for SGD when the main job was tuned (3e-4)
     "sfprompt-adam_prompts": ("sfprompt", "sfprompt", ["train.prompt_optimizer=same", "train.prompt_lr=0.0003"]),
     "sfprompt@P20": ("sfprompt", "sfprompt", ["method.prompt_len=20"]),
+    "sfprompt@h1": ("sfprompt", "sfprompt", ["split.head_blocks=1"]),
+    "sfprompt@keep0.75": ("sfprompt", "sfprompt", ["federation.sfprompt.keep_ratio=0.75"]),
 }
+# §9: one change each to the paper's configuration (as the TOML holds it after selection)
+DIAGNOSTICS: dict[str, tuple[str, str, list[str]]] = {
+    "sfprompt_paper+kfac": ("sfprompt", "sfprompt_paper", ["train.head_preconditioner=kfac"]),
+    "sfprompt_paper+readout_bn": ("sfprompt", "sfprompt_paper", ["model.readout_norm=batchnorm"]),
+    "sfprompt_paper-local": ("sfprompt_no_local", "sfprompt_paper", []),
+    "sfprompt_paper@p3e-4": ("sfprompt", "sfprompt_paper", ["train.prompt_lr=0.0003"]),
+}
+GROUPS = {"compare": ENTRIES, "variants": VARIANTS, "diagnostics": DIAGNOSTICS}
 ARTIFACTS = ("config.toml", "summary.json", "metrics.csv")
 
 
@@ -205,30 +219,27 @@ def plots(chosen: list[dict[str, Any]], out: Path) -> None:
     plt.close(fig)
 
 
-def report(root: Path, results: Path, variants: bool) -> str:
+def report(root: Path, results: Path) -> str:
     """Copy artifacts of the finished entries, write the tables and plots; return tables.md."""
-    for group in ("compare", "variants"):
-        for lab in (VARIANTS if group == "variants" else ENTRIES):
+    for group, entries in GROUPS.items():
+        for lab in entries:
             if (root / group / lab / "summary.json").is_file():
                 copy_artifacts(root / group / lab, results / "runs" / lab)
     rows = load_rows(results, ENTRIES)
     chosen = selected(rows)
     results.mkdir(parents=True, exist_ok=True)
-    with open(results / "compare.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "val_curve"], extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    with open(results / "selected.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "val_curve"], extrasaction="ignore")
-        w.writeheader()
-        w.writerows(chosen)
+    for name, rs in (("compare.csv", rows), ("selected.csv", chosen)):
+        with open(results / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "val_curve"], extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rs)
     plots(chosen, results)
     md = "## All candidates (selected in bold)\n\n" + table(rows, chosen)
     if {"fl_full", "sfprompt"} <= {r["strategy"] for r in chosen}:
         md += "\n" + gap_line(chosen)
-    vrows = load_rows(results, VARIANTS)
-    if vrows:
-        md += "\n## Variants\n\n" + table(vrows)
+    for title, entries in (("Variants", VARIANTS), ("Diagnostics of the paper's configuration", DIAGNOSTICS)):
+        if (more := load_rows(results, entries)):
+            md += f"\n## {title}\n\n" + table(more)
     (results / "tables.md").write_text(md)
     return md
 
@@ -239,18 +250,18 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=Path("runs/strategy_compare"), help="run directories")
     p.add_argument("--results", type=Path, default=ROOT / "experiments/results/sfprompt/compare",
                    help="committed artifacts and tables")
-    p.add_argument("--variants", action="store_true", help="run the paper-gap variants instead")
+    p.add_argument("--group", choices=list(GROUPS), default="compare",
+                   help="which entries to run: the compare (§8), fedft's additions one at a time "
+                        "(variants, §9-10) or single changes to the paper's configuration (diagnostics)")
     p.add_argument("--report-only", action="store_true", help="only copy artifacts and tabulate")
     a = p.parse_args()
     if not a.report_only:
-        entries = VARIANTS if a.variants else ENTRIES
-        cmd = command(entries, a.root / ("variants" if a.variants else "compare"))
+        cmd = command(GROUPS[a.group], a.root / a.group)
         print(" ".join(shlex.quote(c) for c in cmd), flush=True)
         rc = subprocess.run(cmd).returncode
         if rc:
             sys.exit(rc)
-    print(report(a.root, a.results, a.variants))
-
+    print(report(a.root, a.results))
 
 if __name__ == "__main__":
     main()

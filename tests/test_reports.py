@@ -40,3 +40,17 @@ def test_a_changed_number_is_a_mismatch(tmp_path):
     (reports / "privacy.md").write_text(text.replace(line, " | ".join(cells)))
     bad = cr.mismatches(cr.RESULTS, reports)
     assert len(bad) == 1 and "privacy.md" in bad[0]
+
+
+def test_the_compare_selects_on_validation_and_runs_each_paper_entry_from_its_config():
+    sc = _checker()._script("strategy_compare")
+    rows = [{"label": "a", "strategy": "s", "val_accuracy": 0.5, "test_accuracy": 0.9},
+            {"label": "b", "strategy": "s", "val_accuracy": 0.6, "test_accuracy": 0.1},
+            {"label": "c", "strategy": "s", "val_accuracy": 0.6, "test_accuracy": 0.2},
+            {"label": "d", "strategy": "t", "val_accuracy": 0.1, "test_accuracy": 0.1}]
+    # the best validation accuracy wins whatever the test says; the first candidate on ties
+    assert [r["label"] for r in sc.selected(rows)] == ["b", "d"]
+    cmd = sc.command(sc.ENTRIES, Path("out"))
+    paper = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--config-for"]
+    assert sorted(p.split(":")[0] for p in paper) == sorted(k for k, v in sc.ENTRIES.items() if v[1] == "sfprompt_paper")
+    assert all(p.endswith(":" + sc.PAPER) for p in paper)
