@@ -51,6 +51,7 @@ def strategy_compare(results: Path) -> Iterator[tuple[str, str]]:
     for entries in (sc.VARIANTS, sc.DIAGNOSTICS):
         if (more := sc.load_rows(root, entries)):
             md += sc.table(more)
+    md += sc.seeds_table(root)
     for line in _table_lines(md):
         yield "sfprompt.md", line
 

@@ -15,6 +15,7 @@ configuration, to find why it fails; not selection candidates).
     .venv/bin/python experiments/strategy_compare.py                # run (resumable) + report
     .venv/bin/python experiments/strategy_compare.py --group variants     # sfprompt.md §9-10
     .venv/bin/python experiments/strategy_compare.py --group diagnostics  # sfprompt.md §9
+    .venv/bin/python experiments/strategy_compare.py --seed 1             # §10, then --seed 2
     .venv/bin/python experiments/strategy_compare.py --report-only  # tables, plots, artifacts
 
 Writes ``--results``/compare.csv (every entry), selected.csv (one row per strategy), tables.md,
@@ -35,6 +36,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = "experiments/configs/sfprompt_paper.toml"
@@ -90,14 +93,22 @@ DIAGNOSTICS: dict[str, tuple[str, str, list[str]]] = {
     "sfprompt_paper@p3e-4": ("sfprompt", "sfprompt_paper", ["train.prompt_lr=0.0003"]),
 }
 GROUPS = {"compare": ENTRIES, "variants": VARIANTS, "diagnostics": DIAGNOSTICS}
+# §10: the entries behind the verdict, again with seeds 1 and 2 (data subsample, validation
+# split, partitions, initial prompts and client order all change with the seed)
+SEEDED = ("sfprompt", "sfprompt_paper", "sfprompt_no_prune", "fl_full")
+SEEDS = (1, 2)
+
+
+def seed_label(label: str, seed: int) -> str:
+    return label if seed == 0 else f"{label}#seed{seed}"
 ARTIFACTS = ("config.toml", "summary.json", "metrics.csv")
 
 
-def command(entries: dict[str, tuple[str, str, list[str]]], out: Path) -> list[str]:
-    """The one ``fedft compare`` command line for ``entries``."""
+def command(entries: dict[str, tuple[str, str, list[str]]], out: Path, seed: int = 0) -> list[str]:
+    """The one ``fedft compare`` command line for ``entries`` (every entry at ``seed``)."""
     cmd = [str(ROOT / ".venv/bin/fedft"), "compare", "--out", str(out),
            "--strategies", ",".join(f"{lab}={s}" for lab, (s, _, _) in entries.items())]
-    for kv in SIZE:
+    for kv in [*SIZE, f"seed={seed}"]:
         cmd += ["--set", kv]
     for lab, (_, _, over) in entries.items():
         cmd += [a for kv in over for a in ("--set-for", f"{lab}:{kv}")]
@@ -186,6 +197,33 @@ def gap_line(chosen: list[dict[str, Any]]) -> str:
     return f"Gap to FL-Full ({full:.4f}) in test-accuracy points: " + ", ".join(parts) + "\n"
 
 
+def _mean_ci(xs: list[float]) -> str:
+    """Mean ± the half-width of the 95 % Student-t interval, in points."""
+    from scipy import stats
+
+    m, sd = float(np.mean(xs)), float(np.std(xs, ddof=1))
+    return f"{100 * m:.1f} ± {100 * stats.t.ppf(0.975, len(xs) - 1) * sd / np.sqrt(len(xs)):.1f}"
+
+
+def seeds_table(results: Path) -> str:
+    """Test accuracy per seed of the ``SEEDED`` entries, and the gap to FL-Full paired by seed
+    (mean ± 95 % t-interval in points); empty until every seed of FL-Full has run."""
+    seeds = (0, *SEEDS)
+    acc = {lab: [json.loads(f.read_text())["test_accuracy"] if (f := results / "runs" / seed_label(lab, s)
+                 / "summary.json").is_file() else None for s in seeds] for lab in SEEDED}
+    if None in acc["fl_full"]:
+        return ""
+    lines = ["| entry | " + " | ".join(f"test acc seed {s}" for s in seeds)
+             + " | mean ± 95 % CI (points) | gap to FL-Full, paired (points) |",
+             "|---" * (len(seeds) + 3) + "|"]
+    for lab, xs in acc.items():
+        if None in xs:
+            continue
+        gap = _mean_ci([x - f for x, f in zip(xs, acc["fl_full"], strict=True)]) if lab != "fl_full" else "0"
+        lines.append(f"| {lab} | " + " | ".join(f"{x:.4f}" for x in xs) + f" | {_mean_ci(xs)} | {gap} |")
+    return "\n".join(lines) + "\n"
+
+
 def plots(chosen: list[dict[str, Any]], out: Path) -> None:
     import matplotlib
 
@@ -225,6 +263,10 @@ def report(root: Path, results: Path) -> str:
         for lab in entries:
             if (root / group / lab / "summary.json").is_file():
                 copy_artifacts(root / group / lab, results / "runs" / lab)
+    for seed in SEEDS:
+        for lab in SEEDED:
+            if (root / f"compare-seed{seed}" / lab / "summary.json").is_file():
+                copy_artifacts(root / f"compare-seed{seed}" / lab, results / "runs" / seed_label(lab, seed))
     rows = load_rows(results, ENTRIES)
     chosen = selected(rows)
     results.mkdir(parents=True, exist_ok=True)
@@ -240,6 +282,8 @@ def report(root: Path, results: Path) -> str:
     for title, entries in (("Variants", VARIANTS), ("Diagnostics of the paper's configuration", DIAGNOSTICS)):
         if (more := load_rows(results, entries)):
             md += f"\n## {title}\n\n" + table(more)
+    if (st := seeds_table(results)):
+        md += "\n## Three seeds\n\n" + st
     (results / "tables.md").write_text(md)
     return md
 
@@ -253,10 +297,15 @@ def main() -> None:
     p.add_argument("--group", choices=list(GROUPS), default="compare",
                    help="which entries to run: the compare (§8), fedft's additions one at a time "
                         "(variants, §9-10) or single changes to the paper's configuration (diagnostics)")
+    p.add_argument("--seed", type=int, default=0, choices=(0, *SEEDS),
+                   help="with 1 or 2: run only the entries behind the verdict (SEEDED) at that seed")
     p.add_argument("--report-only", action="store_true", help="only copy artifacts and tabulate")
     a = p.parse_args()
     if not a.report_only:
-        cmd = command(GROUPS[a.group], a.root / a.group)
+        if a.seed:
+            cmd = command({lab: ENTRIES[lab] for lab in SEEDED}, a.root / f"compare-seed{a.seed}", a.seed)
+        else:
+            cmd = command(GROUPS[a.group], a.root / a.group)
         print(" ".join(shlex.quote(c) for c in cmd), flush=True)
         rc = subprocess.run(cmd).returncode
         if rc:
