@@ -100,7 +100,7 @@ SEEDS = (1, 2)
 
 
 def seed_label(label: str, seed: int) -> str:
-    return label if seed == 0 else f"{label}#seed{seed}"
+    return label if seed == 0 else f"{label}_seed{seed}"
 ARTIFACTS = ("config.toml", "summary.json", "metrics.csv")
 
 
