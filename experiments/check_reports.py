@@ -99,9 +99,16 @@ def overhead_line(res: dict) -> str:
             f"| {res['simulation_over_plain']:.3f} | {res['inprocess_over_plain']:.3f} |")
 
 
+def body_thread_line(res: dict) -> str:
+    return (f"| {res['batch_size']} | {res['main_thread_s']:.3f} | {res['second_thread_s']:.3f} "
+            f"| {res['second_over_main']:.3f} |")
+
+
 def overhead(results: Path) -> Iterator[tuple[str, str]]:
     for name in sorted((results / "sfprompt").glob("overhead*.json")):
         yield "sfprompt.md", overhead_line(json.loads(name.read_text()))
+    if (bt := results / "sfprompt/body_thread.json").is_file():
+        yield "sfprompt.md", body_thread_line(json.loads(bt.read_text()))
 
 
 def privacy(results: Path) -> Iterator[tuple[str, str]]:
