@@ -87,3 +87,29 @@ def tiny_batch(
     if model_type == "llama":
         labels = ids.masked_fill(mask == 0, -100)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# SmolLM2's ChatML turn format, the template the tiny tokenizer carries
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_chat_tokenizer(texts: list[str], chat_template: str | None = CHATML) -> Any:
+    """A real (fast) Hugging Face tokenizer built in memory: one id per lower-cased word or
+    punctuation mark of ``texts`` (unknown words -> ``<unk>``), ChatML special tokens, and the
+    ChatML chat template (``None``: no template). For tests with tiny random Llama models."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    words = sorted({w for t in texts for w in pre_tokenizers.Whitespace().pre_tokenize_str(t.lower())
+                    for w in [w[0]]} | {"system", "user", "assistant"})
+    vocab = {w: i for i, w in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(specials)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                   eos_token="<|im_end|>", bos_token="<|endoftext|>")
+    fast.chat_template = chat_template
+    return fast
