@@ -1,0 +1,98 @@
+"""Sequence scoring for causal language models, through :class:`~fedft.model.task.TaskModel`
+(so soft prompts, adapters and split parts composed into one model are all scored the same way).
+
+Every function takes tokenised SFT examples (:class:`~fedft.data.sft.TokenizedExample`) and
+scores their labelled tokens: the response, given the prompt. Examples are batched with dynamic
+padding in ``batch_size`` groups, under ``torch.no_grad`` and the model's compute precision.
+
+- :func:`token_logprobs`: log p(token | everything before it), per labelled token;
+- :func:`sequence_loglik`: their sum and their mean (the length-normalised score);
+- :func:`perplexity`: exp of the mean negative log-likelihood over all labelled tokens;
+- :func:`kl_divergence`: the mean over labelled positions of KL(p || q) between two models'
+  next-token distributions on the same text.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedft.data.sft import IGNORE, TokenizedExample, pad_batch
+
+
+@dataclass(frozen=True)
+class SequenceScore:
+    total: float  # sum of the labelled tokens' log-probabilities
+    tokens: int
+
+    @property
+    def mean(self) -> float:
+        """Length-normalised log-likelihood (nan without labelled tokens)."""
+        return self.total / self.tokens if self.tokens else float("nan")
+
+
+def _next_token_logprobs(model: nn.Module, items: Sequence[TokenizedExample], pad_id: int,
+                         batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per batch: (B, T-1, V) log-probabilities of the next token and the (B, T-1) targets
+    (``IGNORE`` where a position is not scored)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(items), batch_size):
+                batch = pad_batch(items[i: i + batch_size], pad_id)
+                logits = model({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+                yield F.log_softmax(logits[:, :-1].float(), dim=-1), batch["labels"][:, 1:]
+    finally:
+        model.train(was)
+
+
+def token_logprobs(model: nn.Module, items: Sequence[TokenizedExample], pad_id: int,
+                   batch_size: int = 8) -> list[torch.Tensor]:
+    """Per example, the log-probabilities of its labelled tokens (in order, float32)."""
+    out = []
+    for logp, target in _next_token_logprobs(model, items, pad_id, batch_size):
+        scored = target != IGNORE
+        picked = logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]  # (B, T-1)
+        out.extend(picked[b][scored[b]] for b in range(len(target)))
+    return out
+
+
+def sequence_loglik(model: nn.Module, items: Sequence[TokenizedExample], pad_id: int,
+                    batch_size: int = 8) -> list[SequenceScore]:
+    """Per example, the sum (and, as ``.mean``, the length-normalised) log-likelihood."""
+    return [SequenceScore(float(lp.sum()), len(lp)) for lp in token_logprobs(model, items, pad_id, batch_size)]
+
+
+def perplexity(model: nn.Module, items: Sequence[TokenizedExample], pad_id: int, batch_size: int = 8) -> float:
+    """exp(mean negative log-likelihood over every labelled token of ``items``)."""
+    scores = sequence_loglik(model, items, pad_id, batch_size)
+    n = sum(s.tokens for s in scores)
+    if n == 0:
+        raise ValueError("perplexity: the examples have no labelled tokens")
+    return math.exp(-sum(s.total for s in scores) / n)
+
+
+def kl_divergence(p_model: nn.Module, q_model: nn.Module, items: Sequence[TokenizedExample], pad_id: int,
+                  batch_size: int = 8) -> float:
+    """Mean over labelled positions of KL(p || q) between the two models' next-token
+    distributions (nats); the models must share the tokenizer."""
+    total, count = 0.0, 0
+    for (lp, target), (lq, _) in zip(_next_token_logprobs(p_model, items, pad_id, batch_size),
+                                     _next_token_logprobs(q_model, items, pad_id, batch_size), strict=True):
+        if lp.shape[-1] != lq.shape[-1]:
+            raise ValueError(f"kl_divergence: vocabularies differ ({lp.shape[-1]} vs {lq.shape[-1]})")
+        scored = target != IGNORE
+        kl = (lp.exp() * (lp - lq)).sum(-1)  # (B, T-1)
+        total += float(kl[scored].sum())
+        count += int(scored.sum())
+    if count == 0:
+        raise ValueError("kl_divergence: the examples have no labelled tokens")
+    return total / count
