@@ -101,6 +101,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from fedft.generation import GenerationConfig, chat_prompt_ids, generate, load_for_generation
+
+    model, tok = load_for_generation(args.model, args.run_dir, args.precision)
+    ids = chat_prompt_ids(tok, args.prompt, args.system, chat=not args.no_chat)
+    eos = {t for t in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if isinstance(t, int) and t >= 0}
+    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                           seed=args.seed, stop=tuple(args.stop), eos_token_ids=tuple(sorted(eos)))
+    print(generate(model, tok, [ids], cfg).texts[0].strip())
+    return 0
+
+
 def cmd_privacy(args: argparse.Namespace) -> int:
     from fedft.privacy.audit import AuditOptions, audit
     from fedft.privacy.report import print_table
@@ -151,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_compare(sub)
     _add_evaluate(sub)
+    _add_generate(sub)
     _add_privacy(sub)
     _add_assets(sub)
     m = sub.add_parser("methods", help="list the fine-tuning methods",
@@ -208,6 +221,27 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--test-size", type=int, default=0, help="test samples to use (default 0 = the whole test split)")
     e.add_argument("--batch-size", type=int, default=0, help="evaluation batch size (default: the run's)")
     e.set_defaults(fn=cmd_evaluate)
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser("generate", help="complete a prompt with a language model or a run's fine-tuned model",
+                       description="Complete --prompt with the plain model --model NAME (an asset such as "
+                                   "smollm2-135m, a directory or a Hub id) or with RUN_DIR's fine-tuned model "
+                                   "(its method and last checkpoint). The prompt goes through the tokenizer's "
+                                   "chat template unless --no-chat. Prints the completion.", epilog=EPILOG)
+    g.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="a run directory (instead of --model)")
+    g.add_argument("--model", help="a causal LM: asset name, directory or Hub id")
+    g.add_argument("--prompt", required=True, help="the user's message")
+    g.add_argument("--system", help="a system prompt (default: the template's own behaviour)")
+    g.add_argument("--no-chat", action="store_true", help="plain text, without the chat template")
+    g.add_argument("--max-new-tokens", type=int, default=64, help="at most this many new tokens (default 64)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="compute precision (default auto: bf16 where native)")
+    g.set_defaults(fn=cmd_generate)
 
 
 def _add_privacy(sub: argparse._SubParsersAction) -> None:

@@ -167,6 +167,26 @@ def test_smollm2_loads_from_the_cache_and_answers() -> None:
     assert "Paris" in answer
 
 
+
+def test_fedft_generation_matches_transformers_on_smollm2(capsys) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from fedft.cli import main
+    from fedft.generation import GenerationConfig, chat_prompt_ids, generate, load_for_generation
+
+    path = need("smollm2-135m")
+    model, tok = load_for_generation("smollm2-135m", precision="fp32")
+    ids = chat_prompt_ids(tok, "What is the capital of France?")
+    ours = generate(model, tok, [ids], GenerationConfig(max_new_tokens=16, eos_token_ids=(tok.eos_token_id,)))
+    hf = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        want = hf.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)[0, len(ids):].tolist()
+    assert ours.token_ids[0] == want[: len(ours.token_ids[0])] and "Paris" in ours.texts[0]
+    # the acceptance command, greedy, at the default precision
+    assert main(["generate", "--model", "smollm2-135m", "--prompt", "What is the capital of France?"]) == 0
+    assert "Paris" in capsys.readouterr().out
+
 # --- datasets ----------------------------------------------------------------------------------
 
 
