@@ -31,7 +31,6 @@ in the scratch directory), and these layers:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 import resource
@@ -132,29 +131,35 @@ class ExecResult:
         return self.status == "ok"
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)  # the process's own symbols, libc's included
+
+
 def _unshare(flags: int) -> bool:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    return libc.unshare(flags) == 0
+    return _libc().unshare(flags) == 0
 
 
 def _preexec(limits: Limits, scratch: str, netns: bool, drop: bool, userns: bool) -> None:
-    """In the child, before exec: limits, namespaces, privileges (no Python-level locks here)."""
+    """In the child, before exec: namespaces, privileges, then the limits, address space last
+    (the parent's address space may already exceed it; nothing may allocate after it)."""
     os.setsid()
-    mem = limits.memory_mb * 2**20
-    for res, val in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, limits.cpu_s),
-                     (resource.RLIMIT_FSIZE, limits.output_kb * 1024), (resource.RLIMIT_CORE, 0),
-                     (resource.RLIMIT_NOFILE, limits.open_files)):
-        resource.setrlimit(res, (val, val))
     if netns:
         _unshare(_CLONE_NEWNET)
     if drop:
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)
     elif userns:
         _unshare(_CLONE_NEWUSER | _CLONE_NEWNET)
     os.chdir(scratch)
+    limits_ = [(resource.RLIMIT_CPU, limits.cpu_s), (resource.RLIMIT_FSIZE, limits.output_kb * 1024),
+               (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, limits.open_files)]
+    if drop:
+        limits_.append((resource.RLIMIT_NPROC, limits.processes))
+    limits_.append((resource.RLIMIT_AS, limits.memory_mb * 2**20))
+    for res, val in limits_:
+        resource.setrlimit(res, (val, val))
 
 
 @functools.cache
@@ -193,6 +198,7 @@ def run_python(code: str, limits: Limits | None = None, files: dict[str, str] | 
     e.g. the module under test) under :class:`Limits`; nothing of the host is changed."""
     limits = limits or Limits()
     exe = getattr(sys, "_base_executable", None) or sys.executable
+    _libc()  # loaded here, never in a forked child
     root = os.geteuid() == 0
     drop = root and _world_usable(exe)  # run as nobody where nobody can reach the interpreter
     netns = root and _can_unshare(_CLONE_NEWNET)

