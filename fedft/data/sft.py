@@ -89,6 +89,8 @@ def render(ex: SFTExample, tokenizer: Any, system: str | None = None) -> tuple[l
         return prompt, full[len(prompt):]
     if system:
         raise ValueError("a system prompt needs a tokenizer with a chat template")
+    if hasattr(tokenizer, "ids"):  # fedft.data.text.HashTokenizer (tiny test models): CLS ... SEP
+        return [tokenizer.cls_token_id, *tokenizer.ids(ex.prompt)], [*tokenizer.ids(ex.response), tokenizer.sep_token_id]
     prompt = list(tokenizer(ex.prompt + "\n", add_special_tokens=True)["input_ids"])
     response = list(tokenizer(ex.response, add_special_tokens=False)["input_ids"])
     if tokenizer.eos_token_id is not None:
