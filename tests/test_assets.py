@@ -106,6 +106,7 @@ def test_catalog_names_are_the_documented_ones() -> None:
         "digits",
         "bbc-news",
         "chatterbot",
+        "humaneval",
     ]
     assert DEFAULT_ASSETS == [n for n in ASSET_NAMES if n != "fashion-mnist"]
     kinds = {n: CATALOG[n].kind for n in ASSET_NAMES}
