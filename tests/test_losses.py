@@ -9,7 +9,7 @@ import torch
 
 from fedft.losses import MultiTaskLoss, token_nll
 
-I = -100
+NO = -100  # not a loss token
 
 
 def batch():
@@ -18,7 +18,7 @@ def batch():
     e = math.e
     logits = torch.zeros(3, 4, 2)
     logits[0, 1, 0] = 1.0  # sample 0: token 2 (label 1) has p = 1/(1+e); token 3 (label 0) p = 1/2
-    labels = torch.tensor([[I, I, 1, 0], [I, 0, I, I], [I, I, I, 1]])
+    labels = torch.tensor([[NO, NO, 1, 0], [NO, 0, NO, NO], [NO, NO, NO, 1]])
     task_ids = torch.tensor([0, 0, 1])
     a, b = math.log(1 + e), math.log(2)
     return logits, labels, task_ids, a, b
@@ -54,7 +54,7 @@ def test_task_weights_and_focal():
 def test_bad_input():
     logits, labels, tasks, _, _ = batch()
     with pytest.raises(ValueError, match="no loss tokens"):
-        MultiTaskLoss()(logits, torch.full_like(labels, I), tasks)
+        MultiTaskLoss()(logits, torch.full_like(labels, NO), tasks)
     with pytest.raises(ValueError, match="valid"):
         MultiTaskLoss("nope")  # type: ignore[arg-type]
     # gradients flow to the logits
