@@ -1,0 +1,77 @@
+"""Data selection for SFT (the ``Selector`` interface of GRAPE, GOT-D, GeMQuAD's filter, S3FT).
+
+A selector maps a list of :class:`~fedft.data.sft.SFTExample` to the indices it keeps, in input
+order, so the caller can keep any parallel metadata aligned.
+
+- :class:`RandomSelector`: a seeded random subset (the control every selector is compared to).
+- :class:`GRAPE` (Zhang, Dai, Peng, arXiv 2502.04194): among the candidate responses of each
+  prompt, keep the ``top_n`` the target model finds most probable, by length-normalised
+  response log-likelihood under the SFT template [paper]. Scoring is inference only, so a
+  federated client can score its own candidates before training.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from torch import nn
+
+from fedft.data.sft import SFTExample, tokenize
+from fedft.scoring import sequence_loglik
+
+
+class Selector(Protocol):
+    def select(self, examples: Sequence[SFTExample]) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class RandomSelector:
+    """``n`` examples (or ``fraction`` of them) drawn without replacement with ``seed``."""
+
+    n: int | None = None
+    fraction: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.n is None) == (self.fraction is None):
+            raise ValueError("RandomSelector needs exactly one of n and fraction")
+        if (self.n is not None and self.n < 0) or (self.fraction is not None and not 0 <= self.fraction <= 1):
+            raise ValueError(f"RandomSelector: n >= 0 or 0 <= fraction <= 1, got {self.n}, {self.fraction}")
+
+    def select(self, examples: Sequence[SFTExample]) -> list[int]:
+        k = self.n if self.n is not None else round(self.fraction * len(examples))  # type: ignore[operator]
+        pick = np.random.default_rng(self.seed).permutation(len(examples))[: min(k, len(examples))]
+        return sorted(int(i) for i in pick)
+
+
+@dataclass
+class GRAPE:
+    """Per prompt, the ``top_n`` candidates with the highest mean response log-probability
+    under ``model`` (the untuned target)."""
+
+    model: nn.Module
+    tokenizer: Any
+    max_length: int = 512
+    top_n: int = 1
+    batch_size: int = 8
+    system: str | None = None
+
+    def scores(self, examples: Sequence[SFTExample]) -> list[float]:
+        """s(x, y) = (1/|y|) sum_t log p(y_t | x, y_<t), response tokens only."""
+        items = [tokenize(ex, self.tokenizer, self.max_length, self.system) for ex in examples]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return [s.mean for s in sequence_loglik(self.model, items, pad, self.batch_size)]
+
+    def select(self, examples: Sequence[SFTExample]) -> list[int]:
+        if self.top_n < 1:
+            raise ValueError(f"GRAPE top_n must be >= 1, got {self.top_n}")
+        s = self.scores(examples)
+        by_prompt: dict[str, list[int]] = defaultdict(list)
+        for i, ex in enumerate(examples):
+            by_prompt[ex.prompt].append(i)
+        keep = [i for idx in by_prompt.values() for i in sorted(idx, key=lambda i: -s[i])[: self.top_n]]
+        return sorted(keep)
