@@ -372,8 +372,15 @@ def encode(raw: RawData, split: Literal["train", "val", "test"], preprocess: Any
     y = torch.as_tensor(y_raw, dtype=torch.long)
     if raw.modality == "sft":
         from fedft.data.sft import tokenize as sft_tokenize
+        from fedft.data.sft import tokenize_cached
 
-        return SFTSplit([sft_tokenize(ex, preprocess, max_length) for ex in x], y, _pad_id(preprocess))
+        if hasattr(preprocess, "get_vocab"):  # a real tokenizer: cached under FEDFT_HOME/cache/sft
+            from fedft.assets import fedft_home
+
+            items = tokenize_cached(list(x), preprocess, max_length, fedft_home() / "cache" / "sft")
+        else:  # the hashing tokenizer of tiny test models
+            items = [sft_tokenize(ex, preprocess, max_length) for ex in x]
+        return SFTSplit(items, y, _pad_id(preprocess))
     if raw.modality == "image":
         return EncodedSplit({"pixel_values": np.asarray(x)}, y, transform=preprocess)
     enc = tokenize(preprocess, list(x), max_length)

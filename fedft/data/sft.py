@@ -86,7 +86,11 @@ def render(ex: SFTExample, tokenizer: Any, system: str | None = None) -> tuple[l
         if full[: len(prompt)] != prompt:
             raise ValueError("the chat template does not render the prompt as a prefix of the conversation; "
                              "response-only labels need it (set a template that does, or none)")
-        return prompt, full[len(prompt):]
+        response = full[len(prompt):]
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if eos in response:  # what a template renders after the end of turn (a newline) is not learnt
+            response = response[: len(response) - response[::-1].index(eos)]
+        return prompt, response
     if system:
         raise ValueError("a system prompt needs a tokenizer with a chat template")
     if hasattr(tokenizer, "ids"):  # fedft.data.text.HashTokenizer (tiny test models): CLS ... SEP
