@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -42,26 +43,36 @@ def _next_token_logprobs(model: nn.Module, items: Sequence[TokenizedExample], pa
     (``IGNORE`` where a position is not scored)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    was = model.training
-    model.eval()
+    for i in range(0, len(items), batch_size):
+        batch = pad_batch(items[i: i + batch_size], pad_id)
+        with torch.no_grad():  # never held across the yield: interleaved generators would
+            logits = model({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+            logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # restore grad mode out of order
+        yield logp, batch["labels"][:, 1:]
+
+
+@contextmanager
+def _eval(*models: nn.Module) -> Iterator[None]:
+    """Every model in eval mode for the block, each restored to its own mode after."""
+    was = [m.training for m in models]
+    for m in models:
+        m.eval()
     try:
-        with torch.no_grad():
-            for i in range(0, len(items), batch_size):
-                batch = pad_batch(items[i: i + batch_size], pad_id)
-                logits = model({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
-                yield F.log_softmax(logits[:, :-1].float(), dim=-1), batch["labels"][:, 1:]
+        yield
     finally:
-        model.train(was)
+        for m, w in zip(models, was, strict=True):
+            m.train(w)
 
 
 def token_logprobs(model: nn.Module, items: Sequence[TokenizedExample], pad_id: int,
                    batch_size: int = 8) -> list[torch.Tensor]:
     """Per example, the log-probabilities of its labelled tokens (in order, float32)."""
     out = []
-    for logp, target in _next_token_logprobs(model, items, pad_id, batch_size):
-        scored = target != IGNORE
-        picked = logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]  # (B, T-1)
-        out.extend(picked[b][scored[b]] for b in range(len(target)))
+    with _eval(model):
+        for logp, target in _next_token_logprobs(model, items, pad_id, batch_size):
+            scored = target != IGNORE
+            picked = logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]  # (B, T-1)
+            out.extend(picked[b][scored[b]] for b in range(len(target)))
     return out
 
 
@@ -85,14 +96,15 @@ def kl_divergence(p_model: nn.Module, q_model: nn.Module, items: Sequence[Tokeni
     """Mean over labelled positions of KL(p || q) between the two models' next-token
     distributions (nats); the models must share the tokenizer."""
     total, count = 0.0, 0
-    for (lp, target), (lq, _) in zip(_next_token_logprobs(p_model, items, pad_id, batch_size),
-                                     _next_token_logprobs(q_model, items, pad_id, batch_size), strict=True):
-        if lp.shape[-1] != lq.shape[-1]:
-            raise ValueError(f"kl_divergence: vocabularies differ ({lp.shape[-1]} vs {lq.shape[-1]})")
-        scored = target != IGNORE
-        kl = (lp.exp() * (lp - lq)).sum(-1)  # (B, T-1)
-        total += float(kl[scored].sum())
-        count += int(scored.sum())
+    with _eval(p_model, q_model):
+        for (lp, target), (lq, _) in zip(_next_token_logprobs(p_model, items, pad_id, batch_size),
+                                         _next_token_logprobs(q_model, items, pad_id, batch_size), strict=True):
+            if lp.shape[-1] != lq.shape[-1]:
+                raise ValueError(f"kl_divergence: vocabularies differ ({lp.shape[-1]} vs {lq.shape[-1]})")
+            scored = target != IGNORE
+            kl = (lp.exp() * (lp - lq)).sum(-1)  # (B, T-1)
+            total += float(kl[scored].sum())
+            count += int(scored.sum())
     if count == 0:
         raise ValueError("kl_divergence: the examples have no labelled tokens")
     return total / count

@@ -23,6 +23,9 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+    yield
+    # a test that leaves autograd off makes every later training test fail far from the cause
+    assert torch.is_grad_enabled(), "this test left autograd disabled (a no_grad block held open?)"
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import numpy as np
 from fedft.cli import default_config
 from fedft.config import DataConfig
 from fedft.data import sft
-from fedft.data.datasets import SFTSplit, encode, load_raw
+from fedft.data.datasets import encode, load_raw
+from fedft.data.sft_data import SFTSplit
 from fedft.data.text import HashTokenizer
 
 

@@ -85,6 +85,8 @@ def load_raw(cfg: DataConfig, seed: int = 0) -> RawData:
     if cfg.name.startswith("hf:"):
         raw = _load_hub(cfg.name[3:])
     else:
+        from fedft.data import sft_data  # noqa: F401  (registers the SFT datasets)
+
         try:
             loader = DATASETS.get(cfg.name)
         except KeyError as e:
@@ -157,70 +159,6 @@ def _chatterbot(cfg: DataConfig) -> RawData:
     zeros = np.zeros(len(texts), dtype=np.int64)
     return RawData("lm", [texts[i] for i in perm[:cut]], zeros[:cut],
                    [texts[i] for i in perm[cut:]], zeros[cut:], ["text"])
-
-
-def _sft_raw(examples: list, test_fraction: float, group: Callable[[Any], str] = lambda e: e.group) -> RawData:
-    """SFT examples as raw splits: a keyed test split (no group straddles it), y = group index."""
-    from fedft.data.sft_sets import split_by_key
-
-    parts = split_by_key(examples, key=lambda e: e.prompt, fractions=(0.0, test_fraction))
-    names = sorted({group(e) for e in examples})
-    index = {n: i for i, n in enumerate(names)}
-
-    def ys(xs: list) -> np.ndarray:
-        return np.array([index[group(e)] for e in xs], dtype=np.int64)
-
-    return RawData("sft", parts["train"], ys(parts["train"]), parts["test"], ys(parts["test"]), names)
-
-
-@DATASETS.register("chatterbot-sft")
-def _chatterbot_sft(cfg: DataConfig) -> RawData:
-    """chatterbot turn pairs in every language; y = language (partition by language)."""
-    from fedft.assets import asset_dir
-    from fedft.data.sft_sets import chatterbot_pairs
-
-    return _sft_raw(chatterbot_pairs(asset_dir("chatterbot")), 0.1, group=lambda e: e.group.split("/")[0])
-
-
-@DATASETS.register("trivia")
-def _trivia(cfg: DataConfig) -> RawData:
-    from fedft.assets import asset_dir
-    from fedft.data.sft_sets import trivia
-
-    return _sft_raw(trivia(asset_dir("chatterbot")), 0.2)
-
-
-@DATASETS.register("humaneval-tests")
-def _humaneval_tests(cfg: DataConfig) -> RawData:
-    """HumanEval function -> unit tests; a fixed quarter of the problems is the test split."""
-    from fedft.assets import asset_dir
-    from fedft.data.sft_sets import humaneval_unit_tests
-
-    return _sft_raw(humaneval_unit_tests(asset_dir("humaneval")), 0.25, group=lambda e: e.task)
-
-
-@DATASETS.register("stdlib-code")
-def _stdlib_code(cfg: DataConfig) -> RawData:
-    """Standard-library docstring <-> function pairs; y = the direction (doc2func / func2doc)."""
-    from fedft.data.sft_sets import stdlib_code
-
-    return _sft_raw(stdlib_code()[0], 0.1, group=lambda e: e.task)
-
-
-@DATASETS.register("synthetic-sft")
-def _synthetic_sft(cfg: DataConfig, n: int = 300) -> RawData:
-    """Addition questions answered in words, in two phrasings (the groups), for tests."""
-    from fedft.data.sft import SFTExample
-
-    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-             "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen"]
-    rng = np.random.default_rng(0)
-    examples = []
-    for k in range(n):
-        a, b = (int(v) for v in rng.integers(0, 10, 2))
-        q = f"what is {words[a]} plus {words[b]} ?" if k % 2 else f"add {words[a]} and {words[b]} ."
-        examples.append(SFTExample(f"{q} #{k}", words[a + b], task="add", group="what" if k % 2 else "add"))
-    return _sft_raw(examples, 0.2)
 
 
 @DATASETS.register("synthetic-images")
@@ -345,42 +283,15 @@ class EncodedSplit:
             yield self.batch(idx[i: i + batch_size])
 
 
-def _pad_id(tokenizer: Any) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    return int(pad) if pad is not None else 0
-
-
-class SFTSplit(EncodedSplit):
-    """A split of tokenised SFT examples, padded per batch to its longest example (``labels`` in
-    a batch are the response-only token labels; :attr:`labels` here are the group indices)."""
-
-    def __init__(self, items: list, groups: torch.Tensor, pad_id: int) -> None:
-        super().__init__({}, groups)
-        self.items, self.pad_id = items, pad_id
-
-    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        from fedft.data.sft import pad_batch
-
-        b = pad_batch([self.items[int(i)] for i in idx], self.pad_id)
-        return {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"], "labels": b["labels"]}
-
-
 def encode(raw: RawData, split: Literal["train", "val", "test"], preprocess: Any, max_length: int) -> EncodedSplit:
     """Encode one split with the model's preprocessing (image transform or tokenizer)."""
     x, y_raw = {"train": (raw.train_x, raw.train_y), "val": (raw.val_x, raw.val_y),
                 "test": (raw.test_x, raw.test_y)}[split]
     y = torch.as_tensor(y_raw, dtype=torch.long)
     if raw.modality == "sft":
-        from fedft.data.sft import tokenize as sft_tokenize
-        from fedft.data.sft import tokenize_cached
+        from fedft.data.sft_data import encode_sft
 
-        if hasattr(preprocess, "get_vocab"):  # a real tokenizer: cached under FEDFT_HOME/cache/sft
-            from fedft.assets import fedft_home
-
-            items = tokenize_cached(list(x), preprocess, max_length, fedft_home() / "cache" / "sft")
-        else:  # the hashing tokenizer of tiny test models
-            items = [sft_tokenize(ex, preprocess, max_length) for ex in x]
-        return SFTSplit(items, y, _pad_id(preprocess))
+        return encode_sft(list(x), y, preprocess, max_length)
     if raw.modality == "image":
         return EncodedSplit({"pixel_values": np.asarray(x)}, y, transform=preprocess)
     enc = tokenize(preprocess, list(x), max_length)
@@ -398,3 +309,4 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, tor
         return tokenizer(texts, max_length)
     enc = tokenizer(texts, truncation=True, padding="max_length", max_length=max_length, return_tensors="pt")
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
