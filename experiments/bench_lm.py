@@ -55,7 +55,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=4, help="examples / prompts per batch (default 4)")
     p.add_argument("--new-tokens", type=int, default=32, help="generated tokens per prompt (default 32)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats (default 3)")
+    p.add_argument("--repeats", type=int, default=7, help="timed repeats (default 7)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--out", type=Path, default=ROOT / "experiments/results/lm/bench_lm.json")
     a = p.parse_args()

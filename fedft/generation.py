@@ -27,6 +27,7 @@ from transformers.masking_utils import create_causal_mask
 
 from fedft.model.arch import llama_positions
 from fedft.model.task import TaskModel
+from fedft.precision import weight_cast_cache
 
 # transformers renamed ``past_key_values`` to ``cache`` (5.x); pass whichever this version takes
 _CACHE_KW = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
@@ -151,28 +152,34 @@ def _decode(model: TaskModel, tokenizer: Any, prompts: Sequence[Sequence[int]], 
     eos = set(cfg.eos_token_ids or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids, mask = left_pad(prompts, pad)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    out: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
-    kept: list[torch.Tensor] = []
     was = model.training
     model.eval()
     try:
-        logits = next_logits(ids, mask, None)
-        for _ in range(cfg.max_new_tokens):
-            if keep_logits:
-                kept.append(logits)
-            nxt = _pick(logits, cfg, gen)
-            for i, t in enumerate(nxt.tolist()):
-                if not done[i]:
-                    out[i].append(t)
-                    done[i] = t in eos or (bool(cfg.stop) and any(s in tokenizer.decode(out[i]) for s in cfg.stop))
-            if all(done):
-                break
-            nxt = torch.where(torch.tensor(done), torch.full_like(nxt, pad), nxt)  # finished rows idle
-            logits = next_logits(ids, mask, nxt)
+        with torch.no_grad(), weight_cast_cache(model):  # each weight cast to bf16 once per call
+            return _decode_loop(model, tokenizer, ids, mask, cfg, next_logits, keep_logits, eos, pad)
     finally:
         model.train(was)
+
+
+def _decode_loop(model: TaskModel, tokenizer: Any, ids: torch.Tensor, mask: torch.Tensor, cfg: GenerationConfig,
+                 next_logits: Callable, keep_logits: bool, eos: set[int], pad: int) -> Generation:
+    gen = torch.Generator().manual_seed(cfg.seed)
+    out: list[list[int]] = [[] for _ in range(len(ids))]
+    done = [False] * len(ids)
+    kept: list[torch.Tensor] = []
+    logits = next_logits(ids, mask, None)
+    for _ in range(cfg.max_new_tokens):
+        if keep_logits:
+            kept.append(logits)
+        nxt = _pick(logits, cfg, gen)
+        for i, t in enumerate(nxt.tolist()):
+            if not done[i]:
+                out[i].append(t)
+                done[i] = t in eos or (bool(cfg.stop) and any(s in tokenizer.decode(out[i]) for s in cfg.stop))
+        if all(done):
+            break
+        nxt = torch.where(torch.tensor(done), torch.full_like(nxt, pad), nxt)  # finished rows idle
+        logits = next_logits(ids, mask, nxt)
     texts = []
     for row in out:
         text = tokenizer.decode([t for t in row if t not in eos], skip_special_tokens=True)
