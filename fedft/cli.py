@@ -106,9 +106,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     model, tok = load_for_generation(args.model, args.run_dir, args.precision)
     ids = chat_prompt_ids(tok, args.prompt, args.system, chat=not args.no_chat)
-    eos = {t for t in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if isinstance(t, int) and t >= 0}
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                           seed=args.seed, stop=tuple(args.stop), eos_token_ids=tuple(sorted(eos)))
+                           seed=args.seed, stop=tuple(args.stop))  # ends at the tokenizer's EOS (end of turn)
     print(generate(model, tok, [ids], cfg).texts[0].strip())
     return 0
 

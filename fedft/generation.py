@@ -224,11 +224,11 @@ def generate_uncached(model: TaskModel, tokenizer: Any, prompts: Sequence[Sequen
 
 def chat_prompt_ids(tokenizer: Any, prompt: str, system: str | None = None, chat: bool = True) -> list[int]:
     """The prompt's ids: the tokenizer's chat template with the assistant header (when it has
-    one and ``chat``), else the plain text."""
+    one and ``chat``, as :func:`fedft.data.sft.chat_prompt_ids`), else the plain text."""
     if chat and getattr(tokenizer, "chat_template", None):
-        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        out = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-        return [int(i) for i in (out["input_ids"] if hasattr(out, "keys") else out)]
+        from fedft.data.sft import chat_prompt_ids as templated
+
+        return templated(tokenizer, prompt, system)
     return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
 

@@ -75,13 +75,19 @@ def _ids(out: Any) -> list[int]:
     return [int(i) for i in out]
 
 
+def chat_prompt_ids(tokenizer: Any, prompt: str, system: str | None = None) -> list[int]:
+    """A user turn (after an optional system turn) and the assistant header, through the
+    tokenizer's chat template: what the model is asked to continue."""
+    return _ids(tokenizer.apply_chat_template(_messages(SFTExample(prompt, ""), system, False), tokenize=True,
+                                              add_generation_prompt=True))
+
+
 def render(ex: SFTExample, tokenizer: Any, system: str | None = None) -> tuple[list[int], list[int]]:
     """The prompt's ids (ending with the assistant turn's header) and the response's ids (ending
     with the end-of-turn token), from the tokenizer's chat template; a tokenizer without one gets
     ``prompt + "\\n"`` and ``response + eos``."""
     if getattr(tokenizer, "chat_template", None):
-        prompt = _ids(tokenizer.apply_chat_template(_messages(ex, system, False), tokenize=True,
-                                                    add_generation_prompt=True))
+        prompt = chat_prompt_ids(tokenizer, ex.prompt, system)
         full = _ids(tokenizer.apply_chat_template(_messages(ex, system, True), tokenize=True))
         if full[: len(prompt)] != prompt:
             raise ValueError("the chat template does not render the prompt as a prefix of the conversation; "
