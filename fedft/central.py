@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from fedft.config import ExperimentConfig
 from fedft.data.datasets import EncodedSplit, RawData, encode, load_raw
 from fedft.errors import ConfigError
+from fedft.gen_eval import GenerativeEval
 from fedft.methods import BaseMethod
 from fedft.model.build import build_model
 from fedft.model.task import TaskModel
@@ -49,20 +50,26 @@ class _Evaluator:
     """Validation after each epoch (a metrics row), the test split once at the end."""
 
     def __init__(self, net: nn.Module, val: EncodedSplit | None, test: EncodedSplit, cfg: ExperimentConfig,
-                 run: RunDir, t0: float) -> None:
+                 run: RunDir, t0: float, gen: GenerativeEval | None = None) -> None:
         self.net, self.val, self.test, self.bs, self.run, self.t0 = net, val, test, cfg.train.eval_batch_size, run, t0
         self.last: Any = None
+        self.gen, self.gen_last = gen, None
 
     def epoch(self, epoch: int, train_loss: float | None = None) -> Any:
         row: dict[str, Any] = {"epoch": epoch, "train_loss": "" if train_loss is None else train_loss}
         if self.val is not None:
             self.last = evaluate(self.net, self.val, self.bs)
             row.update(val_loss=self.last.loss, val_accuracy=self.last.accuracy)
+        if self.gen is not None:
+            self.gen_last = row["gen_score"] = self.gen.score(self.net)
         self.run.append_metrics({**row, "seconds": time.time() - self.t0})
         return self.last
 
     def summary(self) -> dict[str, Any]:
-        return eval_summary(self.last, evaluate(self.net, self.test, self.bs))
+        out = eval_summary(self.last, evaluate(self.net, self.test, self.bs))
+        if self.gen is not None:  # the last epoch's evaluation is the final model's
+            out.update(self.gen.summary(self.gen_last if self.gen_last is not None else self.gen.score(self.net)))
+        return out
 
 
 class _HeadOnFeatures(nn.Module):
@@ -111,7 +118,7 @@ def run_central(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
     if cfg.train.optimizer == "lbfgs" and not cache:
         raise ConfigError("train.optimizer=lbfgs needs a head-only method (linear_probe) on a "
                           "classification task; use sgd, adam or adamw")
-    run.start_metrics(["epoch", "train_loss", "val_loss", "val_accuracy", "seconds"])
+    run.start_metrics(["epoch", "train_loss", "val_loss", "val_accuracy", "seconds", "gen_score"])
     if cache:
         train = cached_features(model, train, cfg.train.eval_batch_size, "features (train)")
         val = None if val is None else cached_features(model, val, cfg.train.eval_batch_size, "features (val)")
@@ -119,7 +126,7 @@ def run_central(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
         net = _HeadOnFeatures(model)
         # the head alone is tiny: one thread avoids oversubscription stalls on a busy CPU
         torch.set_num_threads(1)
-    ev = _Evaluator(net, val, test, cfg, run, t0)
+    ev = _Evaluator(net, val, test, cfg, run, t0, GenerativeEval.for_run(cfg, pre, list(raw.train_x)))
     if cfg.train.optimizer == "lbfgs":
         _lbfgs_probe(net, train, ev, cfg)
         return _finish(cfg, run, ev, len(train), trainable, t0)

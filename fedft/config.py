@@ -222,6 +222,25 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class GenerateConfig:
+    """Generative evaluation of a causal LM during a run (fedft/gen_eval.py; docs/generation.md):
+    greedy completions of an SFT dataset's prompts, judged against its responses, after each
+    evaluation (round or epoch) and once on the final model. [D] off (``data = ""``)."""
+
+    data: str = ""  # an SFT dataset (e.g. "trivia"); "" = off
+    split: Literal["val", "test"] = "test"
+    samples: int = 0  # 0 = every example of the split (after decontamination)
+    judge: Literal["exact_match", "f1", "numeric"] = "exact_match"
+    max_new_tokens: int = 32
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        _check(self.samples >= 0, "generate.samples", "an integer >= 0 (0 = all)")
+        for name in ("max_new_tokens", "batch_size"):
+            _check(getattr(self, name) >= 1, f"generate.{name}", "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """The whole experiment."""
 
@@ -235,6 +254,7 @@ class ExperimentConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     seed: int = 0
 
     @classmethod

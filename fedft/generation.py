@@ -16,7 +16,6 @@ step; it is the reference the cached path is tested against (same tokens, same l
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,12 +24,10 @@ import torch
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
+from fedft.model.arch import CACHE_KW as _CACHE_KW
 from fedft.model.arch import llama_positions
 from fedft.model.task import TaskModel
 from fedft.precision import weight_cast_cache
-
-# transformers renamed ``past_key_values`` to ``cache`` (5.x); pass whichever this version takes
-_CACHE_KW = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 
 @dataclass
@@ -257,7 +254,7 @@ def load_for_generation(model_name: str | None = None, run_dir: str | None = Non
         model, _, tok = build_model(cfg, num_labels=0)
     if model.task != "causal_lm":
         raise ConfigError(f"{model_name or run_dir} is not a causal language model (model.task = 'causal_lm')")
-    if not hasattr(tok, "decode"):
+    if hasattr(tok, "ids"):  # fedft.data.text.HashTokenizer: text prompts cannot be encoded for it
         raise ConfigError("this model has no real tokenizer (a tiny test model); use an asset such as smollm2-135m")
     set_precision(model, precision)
     return model.eval(), tok

@@ -248,7 +248,7 @@ def test_refusals_name_the_problem_in_one_line(serve):
     nan = torch.randn(B, T, D)
     nan[0, 0, 0] = float("nan")
     with transport(handle) as tr:
-        for h, words in ((torch.randn(B + 1, T, D), f"expected (B <= {B}, {T}, {D})"),
+        for h, words in ((torch.randn(B + 1, T, D), f"expected (B <= {B}, T <= {T}, {D})"),
                          (nan, "NaN"), (torch.randn(B, T, D + 1), "shape")):
             with pytest.raises(BodyServiceError) as e:
                 tr.forward(h, None)

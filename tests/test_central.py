@@ -26,7 +26,7 @@ def test_full_ft_learns_synthetic_images(tmp_path):
     for f in ("config.toml", "metrics.csv", "summary.json", "accuracy.png"):
         assert (tmp_path / f).is_file()
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "epoch,train_loss,val_loss,val_accuracy,seconds" and len(rows) == 6
+    assert rows[0] == "epoch,train_loss,val_loss,val_accuracy,seconds,gen_score" and len(rows) == 6
     assert float(rows[-1].split(",")[3]) == summary["val_accuracy"]
     assert json.loads((tmp_path / "summary.json").read_text())["final_accuracy"] == summary["final_accuracy"]
 

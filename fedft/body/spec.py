@@ -68,7 +68,7 @@ class SessionSpec:
     round: int
     phase: str
     wire: WireDtype
-    T: int
+    T: int  # the longest sequence a Forward may carry (batches may be shorter)
     D: int
     max_batch: int
 
@@ -133,15 +133,16 @@ def _finite(t: torch.Tensor) -> bool:
 def check_forward(
     tensors: Sequence[torch.Tensor], spec: SessionSpec
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Check a Forward request, frames ``h (B, T, D)`` and optional ``mask (B, T)``."""
+    """Check a Forward request, frames ``h (B, T', D)`` and optional ``mask (B, T')``: ``T'`` may
+    be shorter than the negotiated ``T`` (language-model batches are padded per batch)."""
     if len(tensors) not in (1, 2):
         raise invalid(f"Forward takes 1 or 2 frames (h [, mask]), got {len(tensors)}")
     h = tensors[0]
     if h.dtype != spec.dtype:
         raise invalid(f"h has dtype {h.dtype}, the session negotiated {spec.wire} ({spec.dtype})")
     shape = tuple(h.shape)
-    if len(shape) != 3 or not (1 <= shape[0] <= spec.max_batch) or shape[1:] != (spec.T, spec.D):
-        raise invalid(f"h has shape {shape}, expected (B <= {spec.max_batch}, {spec.T}, {spec.D})")
+    if len(shape) != 3 or not (1 <= shape[0] <= spec.max_batch and 1 <= shape[1] <= spec.T) or shape[2] != spec.D:
+        raise invalid(f"h has shape {shape}, expected (B <= {spec.max_batch}, T <= {spec.T}, {spec.D})")
     if not _finite(h):
         raise invalid("h contains NaN or infinite values")
     if len(tensors) == 1:

@@ -262,6 +262,11 @@ class EncodedSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def max_tokens(self, idx: np.ndarray) -> int | None:
+        """The longest sequence among ``idx`` when batches vary in length; None here, where every
+        batch has the same shape."""
+        return None
+
     def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         """The batch of samples ``idx`` (in that order)."""
         out: dict[str, torch.Tensor] = {}

@@ -32,13 +32,18 @@ def _sft_raw(examples: list, test_fraction: float, group: Callable[[Any], str] =
     return RawData("sft", parts["train"], ys(parts["train"]), parts["test"], ys(parts["test"]), names)
 
 
+#: test fractions of the prompt-keyed splits: trivia's questions are chatterbot's English trivia
+#: prompts, and equal fractions put every trivia test question in chatterbot-sft's test split too
+CHATTERBOT_TEST = TRIVIA_TEST = 0.2
+
+
 @DATASETS.register("chatterbot-sft")
 def _chatterbot_sft(cfg: DataConfig) -> RawData:
     """chatterbot turn pairs in every language; y = language (partition by language)."""
     from fedft.assets import asset_dir
     from fedft.data.sft_sets import chatterbot_pairs
 
-    return _sft_raw(chatterbot_pairs(asset_dir("chatterbot")), 0.1, group=lambda e: e.group.split("/")[0])
+    return _sft_raw(chatterbot_pairs(asset_dir("chatterbot")), CHATTERBOT_TEST, group=lambda e: e.group.split("/")[0])
 
 
 @DATASETS.register("trivia")
@@ -46,7 +51,7 @@ def _trivia(cfg: DataConfig) -> RawData:
     from fedft.assets import asset_dir
     from fedft.data.sft_sets import trivia
 
-    return _sft_raw(trivia(asset_dir("chatterbot")), 0.2)
+    return _sft_raw(trivia(asset_dir("chatterbot")), TRIVIA_TEST)
 
 
 @DATASETS.register("humaneval-tests")
@@ -100,6 +105,10 @@ class SFTSplit(EncodedSplit):
 
         b = pad_batch([self.items[int(i)] for i in idx], self.pad_id)
         return {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"], "labels": b["labels"]}
+
+    def max_tokens(self, idx: np.ndarray) -> int:
+        """The longest example among ``idx``: no batch of them is padded beyond it."""
+        return max(len(self.items[int(i)]) for i in idx)
 
 
 def encode_sft(x: list, y: torch.Tensor, preprocess: Any, max_length: int) -> SFTSplit:

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 Dispatch = Callable[[int, list[int], RecordDict], list[ClientResult]]
 
 METRIC_COLUMNS = ["round", "val_accuracy", "val_loss", "clients", "failed", "kept_samples", "train_loss",
-                  "bytes_round", "bytes_cumulative", "client_flops", "server_flops", "seconds"]
+                  "bytes_round", "bytes_cumulative", "client_flops", "server_flops", "seconds", "gen_score"]
 
 
 def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) ->
         run.start_metrics(METRIC_COLUMNS)
     else:
         run.resume_metrics(METRIC_COLUMNS, ck.round)
-    result = None
+    result, gen = None, None
     bar = tqdm(range(first, cfg.federation.rounds + 1), desc=f"{cfg.federation.strategy} rounds", unit="round",
                disable=not progress, initial=first - 1, total=cfg.federation.rounds)
     for rnd in bar:
@@ -74,24 +74,38 @@ def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) ->
             result = srv.evaluate()
             row.update(val_accuracy=result.accuracy, val_loss=result.loss)
             bar.set_postfix(val_acc=f"{result.accuracy:.3f}", clients=len(good))
+        if rnd % cfg.federation.eval_every == 0 or rnd == cfg.federation.rounds:
+            gen = row["gen_score"] = srv.generative_score()
         row["seconds"] = earlier + time.time() - t0
         run.append_metrics(row)
         checkpoint.save(run.path, srv.checkpoint(rnd, {"client_flops": client_flops, "server_flops": server_flops,
                                                         "seconds": row["seconds"]}))
         if not good:
             log.warning("round %d: no client succeeded; the global state is unchanged", rnd)
+    summary = _final(srv, result, gen, earlier - t0)
+    summary.update(client_flops=client_flops, server_flops=server_flops)
+    if cfg.output.plots:
+        write_plots(srv)
+    return summary
+
+
+def _final(srv: ServerRuntime, result: Any, gen: float | None, offset: float) -> dict[str, Any]:
+    """Finalize the global model, evaluate it (validation, generation, the test split once) and
+    summarise; ``offset + time.time()`` is the run's wall so far."""
     if result is None:  # resumed after the last round: evaluate the restored state
         result = srv.evaluate()
     if srv.finalize():  # merge / interpolate / prune the final global model, then evaluate again
-        result = srv.evaluate()
+        result, gen = srv.evaluate(), srv.generative_score()
         if result is not None:
-            run.append_metrics({"round": cfg.federation.rounds, "val_accuracy": result.accuracy,
-                                "val_loss": result.loss, "seconds": earlier + time.time() - t0})
+            srv.run.append_metrics({"round": srv.cfg.federation.rounds, "val_accuracy": result.accuracy,
+                                    "val_loss": result.loss, "gen_score": gen, "seconds": offset + time.time()})
     test = srv.evaluate("test")
-    run.write_ledger(srv.ledger)
-    summary = summarize(srv, result, test, client_flops, server_flops, earlier + time.time() - t0)
-    if cfg.output.plots:
-        write_plots(srv)
+    if srv.gen_eval is not None and gen is None:  # resumed after the last round
+        gen = srv.generative_score()
+    srv.run.write_ledger(srv.ledger)
+    summary = summarize(srv, result, test, 0.0, 0.0, offset + time.time())
+    if srv.gen_eval is not None:
+        summary.update(srv.gen_eval.summary(gen))  # type: ignore[arg-type]
     return summary
 
 

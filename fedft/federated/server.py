@@ -29,6 +29,7 @@ from fedft.federated.checkpoint import Checkpoint
 from fedft.federated.client import partitions_for, split_parts, strategy_for
 from fedft.federated.payload import check_upload, download, extra_buffers, receive
 from fedft.flops import FlopsMeter
+from fedft.gen_eval import GenerativeEval
 from fedft.methods.base import state_tensors
 from fedft.model import build_model
 from fedft.outputs import PARTITIONS, RunDir
@@ -58,6 +59,7 @@ class ServerRuntime:
         self.model, self.method, pre = build_model(cfg, raw.num_labels)
         self.test = encode(raw, "test", pre, cfg.data.max_length)
         self.val = encode(raw, "val", pre, cfg.data.max_length) if len(raw.val_y) else None
+        self.gen_eval = GenerativeEval.for_run(cfg, pre, list(raw.train_x))
         labels = np.asarray(raw.train_y)
         self.partitions = partitions_for(cfg, labels)
         save_partitions(run.file(PARTITIONS), self.partitions, labels,
@@ -242,4 +244,8 @@ class ServerRuntime:
         one) or, once per run, on the test split."""
         data = self.val if split == "val" else self.test
         return None if data is None else evaluate(self.model, data, self.cfg.train.eval_batch_size)
+
+    def generative_score(self) -> float | None:
+        """The ``[generate]`` evaluation of the global model (None when it is off)."""
+        return None if self.gen_eval is None else self.gen_eval.score(self.model)
 

@@ -31,7 +31,15 @@ import torch
 from torch import nn
 
 from fedft.errors import check
-from fedft.methods.base import BaseMethod, block_linears, freeze_all, parse_roles, register_method, unfreeze
+from fedft.methods.base import (
+    BaseMethod,
+    block_linears,
+    freeze_all,
+    new_head,
+    parse_roles,
+    register_method,
+    unfreeze,
+)
 from fedft.methods.lora import inject_lora
 
 log = logging.getLogger(__name__)
@@ -65,7 +73,7 @@ class Antidote(BaseMethod):
                 p.requires_grad_("lora_" in n)
         else:
             model.requires_grad_(True)
-        unfreeze([model.output_layer])
+        unfreeze([new_head(model)])
         self.calibration: list[dict[str, Any]] = []
         self.epoch = 0
         self.scores: dict[str, torch.Tensor] = {}

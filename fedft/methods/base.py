@@ -155,6 +155,13 @@ def freeze_all(model: nn.Module) -> None:
         p.requires_grad_(False)
 
 
+def new_head(model: nn.Module) -> nn.Module | None:
+    """The new task head every parameter method trains: the classifier. None for a causal LM,
+    whose LM head is pre-trained (and tied to the input embeddings in Llama-family models such as
+    SmolLM2), so it stays frozen unless a method trains it explicitly (full_ft, linear_probe)."""
+    return None if getattr(model, "task", "classification") == "causal_lm" else model.output_layer
+
+
 def unfreeze(modules: list[nn.Module | None]) -> None:
     for m in modules:
         if m is not None:

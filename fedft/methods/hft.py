@@ -29,7 +29,7 @@ from torch import nn
 
 from fedft.config import MethodConfig
 from fedft.errors import check
-from fedft.methods.base import BaseMethod, block_linears, freeze_all, register_method, unfreeze
+from fedft.methods.base import BaseMethod, block_linears, freeze_all, new_head, register_method, unfreeze
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class HFT(BaseMethod):
         self.selected = draw_selection(model, self.options.seed * 1000 + stage)
         freeze_all(model)
         modules = dict(model.named_modules())
-        unfreeze([modules[n] for n in self.selected] + [model.output_layer])
+        unfreeze([modules[n] for n in self.selected] + [new_head(model)])
 
     def apply(self, model: nn.Module) -> None:
         if self.options.reselect_every_epochs:

@@ -17,7 +17,7 @@ from peft import IA3Config, inject_adapter_in_model
 from torch import nn
 
 from fedft.errors import check
-from fedft.methods.base import BaseMethod, freeze_all, parse_roles, register_method, unfreeze
+from fedft.methods.base import BaseMethod, freeze_all, new_head, parse_roles, register_method, unfreeze
 from fedft.methods.lora import backbone_targets, merge_adapters
 
 
@@ -53,7 +53,7 @@ class IA3(BaseMethod):
         inject_adapter_in_model(self.peft_config(model), model.backbone)
         for n, p in model.named_parameters():
             p.requires_grad_("ia3_" in n)
-        unfreeze([model.output_layer])
+        unfreeze([new_head(model)])
 
     def finalize(self, model: nn.Module) -> None:
         merge_adapters(model)

@@ -46,6 +46,7 @@ from fedft.methods.base import (
     block_linears,
     freeze_all,
     head_geometry,
+    new_head,
     parse_roles,
     register_method,
     unfreeze,
@@ -138,7 +139,7 @@ class LightPEFT(BaseMethod):
                 p.register_hook(lambda g, p=p: g + o.l1 * p.detach().sign())
         for n, p in model.named_parameters():
             p.requires_grad_("lora_" in n or "lpeft_" in n)
-        unfreeze([model.output_layer])
+        unfreeze([new_head(model)])
         self.pruned = False
         self.module_imp: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.rank_imp: dict[str, list[torch.Tensor]] = defaultdict(list)

@@ -20,7 +20,15 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from fedft.errors import check
-from fedft.methods.base import BaseMethod, freeze_all, parse_roles, register_method, role_modules, unfreeze
+from fedft.methods.base import (
+    BaseMethod,
+    freeze_all,
+    new_head,
+    parse_roles,
+    register_method,
+    role_modules,
+    unfreeze,
+)
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ class Lora(BaseMethod):
         inject_lora(model, parse_roles(o.targets, "method.lora.targets"), o.rank, o.alpha, o.dropout)
         for n, p in model.named_parameters():
             p.requires_grad_("lora_" in n)
-        unfreeze([model.output_layer])
+        unfreeze([new_head(model)])
 
     def finalize(self, model: nn.Module) -> None:
         merge_adapters(model)

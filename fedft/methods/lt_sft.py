@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from fedft.errors import check
-from fedft.methods.base import BaseMethod, freeze_all, register_method, unfreeze
+from fedft.methods.base import BaseMethod, freeze_all, new_head, register_method, unfreeze
 
 SparseDiff = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -80,7 +80,7 @@ class LTSFT(BaseMethod):
         self.params = maskable(model, self.options.include_norms)
         for p in self.params.values():
             p.requires_grad_(True)
-        unfreeze([model.output_layer])
+        unfreeze([new_head(model)])
         self.theta0 = {n: p.detach().cpu().clone() for n, p in self.params.items()}
         self.head0 = {n: p.detach().clone() for n, p in model.output_layer.named_parameters()}
         self.mask: dict[str, torch.Tensor] | None = None

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedft.methods.base import BaseMethod, freeze_all, register_method, unfreeze
+from fedft.methods.base import BaseMethod, freeze_all, new_head, register_method, unfreeze
 
 
 @register_method("prompt_tuning")
 class PromptTuning(BaseMethod):
-    description = "learn soft prompt tokens (shallow or deep), the final norm and a new classifier"
+    description = "learn soft prompt tokens (shallow or deep), the final norm and a new classifier (not a pre-trained LM head)"
 
     def prompt_tokens(self) -> int:
         return max(self.cfg.prompt_len, 1)
@@ -32,4 +32,4 @@ class PromptTuning(BaseMethod):
 
     def apply(self, model: nn.Module) -> None:
         freeze_all(model)
-        unfreeze([model.prompt, model.output_layer, model.arch.final_norm(model.backbone)])
+        unfreeze([model.prompt, new_head(model), model.arch.final_norm(model.backbone)])

@@ -31,7 +31,15 @@ import torch
 from torch import nn
 
 from fedft.errors import check
-from fedft.methods.base import BaseMethod, block_linears, freeze_all, head_geometry, register_method, unfreeze
+from fedft.methods.base import (
+    BaseMethod,
+    block_linears,
+    freeze_all,
+    head_geometry,
+    new_head,
+    register_method,
+    unfreeze,
+)
 
 _HOOK = "_s2ft_hook_handle"
 
@@ -133,7 +141,7 @@ class S2FT(BaseMethod):
                 m.register_buffer("s2ft_col_idx", idx, persistent=False)
                 m.s2ft_cols = nn.Parameter(torch.zeros(m.out_features, len(idx)))
             setattr(m, _HOOK, m.register_forward_hook(_s2ft_hook))
-        unfreeze([model.output_layer])
+        unfreeze([new_head(model)])
 
     @torch.no_grad()
     def finalize(self, model: nn.Module) -> None:

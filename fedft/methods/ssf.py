@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fedft.errors import check
-from fedft.methods.base import BaseMethod, freeze_all, register_method, unfreeze
+from fedft.methods.base import BaseMethod, freeze_all, new_head, register_method, unfreeze
 
 _HOOK = "_ssf_hook_handle"
 
@@ -92,7 +92,7 @@ class SSF(BaseMethod):
             m.ssf_scale = nn.Parameter(1 + o.init_std * torch.randn(c))
             m.ssf_shift = nn.Parameter(o.init_std * torch.randn(c))
             setattr(m, _HOOK, m.register_forward_hook(_ssf_hook))
-        unfreeze([model.output_layer])
+        unfreeze([new_head(model)])
 
     def finalize(self, model: nn.Module) -> None:
         merge_ssf(model)

@@ -12,6 +12,7 @@ rebuilds the 4-D attention mask, and for Llama the positions (``cumsum(mask) - 1
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -161,16 +162,19 @@ class LlamaArch(Arch):
     ) -> torch.Tensor:
         pos = llama_positions(mask, h)  # (B, T) or (1, T)
         causal = create_causal_mask(
-            config=backbone.config, inputs_embeds=h, attention_mask=mask,
-            past_key_values=None, position_ids=pos,
+            config=backbone.config, inputs_embeds=h, attention_mask=mask, position_ids=pos, **{CACHE_KW: None},
         )
         rope = backbone.rotary_emb(h, position_ids=pos)  # (cos, sin), each (B, T, head_dim)
         for block in blocks:
             h = block(
-                h, attention_mask=causal, position_embeddings=rope, position_ids=pos,
-                past_key_values=None, use_cache=False,
+                h, attention_mask=causal, position_embeddings=rope, position_ids=pos, use_cache=False,
             )
         return h
+
+
+#: create_causal_mask's name for the KV cache: ``cache`` in newer transformers (which warn on the
+#: old name), ``past_key_values`` before
+CACHE_KW = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 
 def arch_for(backbone: nn.Module) -> Arch:

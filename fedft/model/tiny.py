@@ -23,7 +23,7 @@ _TINY: dict[str, dict[str, Any]] = {
     "bert": dict(vocab_size=99, intermediate_size=64, max_position_embeddings=64),
     "llama": dict(
         vocab_size=99, intermediate_size=64, max_position_embeddings=64, num_key_value_heads=1,
-        pad_token_id=0, tie_word_embeddings=False,
+        pad_token_id=0, tie_word_embeddings=False, initializer_range=0.1,
     ),
 }
 

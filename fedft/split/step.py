@@ -146,7 +146,24 @@ def el2n_scores(
             h, mask = parts.head(batch)
         with _meter(flops, "client", phase, "tail", "fwd", key):
             logits = parts.tail(h, mask)  # (B, C)
+    if logits.dim() == 3:  # (B, T, V): a language model
+        return lm_el2n(logits, batch["labels"])
     if logits.dim() != 2:
-        raise ValueError(f"EL2N needs pooled class logits (B, C), got shape {tuple(logits.shape)}")
+        raise ValueError(f"EL2N needs class logits (B, C) or token logits (B, T, V), got {tuple(logits.shape)}")
     onehot = F.one_hot(batch["labels"].long(), logits.shape[-1]).to(torch.float32)  # (B, C)
     return (logits.float().softmax(dim=-1) - onehot).norm(dim=-1)
+
+
+def lm_el2n(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """EL2N of a language model per sample: the mean over its labelled next tokens of
+    ``||softmax(z_t) - onehot(y_{t+1})||_2`` (B,); 0 for a sample without labelled tokens.
+
+    ``||p - e_y||^2 = sum p^2 - 2 p_y + 1``, computed from log-sum-exps so no (B, T, V)
+    probability tensor is materialised beside the logits."""
+    z, y = logits[:, :-1].float(), labels[:, 1:]  # position t predicts token t + 1
+    keep = y != -100
+    lse = z.logsumexp(-1)  # (B, T - 1)
+    sum_p2 = (torch.logsumexp(2 * z, -1) - 2 * lse).exp()
+    p_y = (z.gather(-1, y.clamp(min=0)[..., None])[..., 0] - lse).exp()
+    dist = (sum_p2 - 2 * p_y + 1).clamp(min=0).sqrt() * keep
+    return dist.sum(-1) / keep.sum(-1).clamp(min=1)

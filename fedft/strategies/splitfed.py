@@ -47,9 +47,12 @@ def split_phase(ctx: RoundContext, split_idx: np.ndarray, epochs: int) -> tuple[
         return 0.0, 0
     with torch.no_grad():
         h, _ = parts.head(rt.train.batch(split_idx[:1]))
+    # the longest sequence a batch may send: SFT batches are padded per batch, to at most this
+    longest = rt.train.max_tokens(split_idx)
+    T = int(h.shape[1]) if longest is None else longest + rt.model.n_prompts
     pre = head_preconditioner(rt.model, train.kfac_damping, ctx.flops, Phase.SPLIT)
     total, n = 0.0, 0
-    with ctx.open_transport(Phase.SPLIT, int(h.shape[1]), int(h.shape[2])) as transport, averaging(rt.model):
+    with ctx.open_transport(Phase.SPLIT, T, int(h.shape[2])) as transport, averaging(rt.model):
         for _ in range(epochs):
             for batch in rt.train.batches(split_idx, train.batch_size, shuffle=True, rng=ctx.rng):
                 ctx.opt.zero_grad(set_to_none=True)
