@@ -4,7 +4,9 @@ A federated run validates each round and evaluates its final model once on ``dat
 test samples (0 = all). This re-evaluates a run's last checkpoint (an older run that tested a
 subset, a run stopped early): it loads the run's resolved config and its last checkpoint (the
 aggregated client-side state, and the body when it trains) and evaluates on any test size, by
-default all of the test split. It writes ``RUN_DIR/evaluation.json`` and changes nothing else in the run.
+default all of the test split. A language-model run with ``[generate]`` is also judged again on
+its generations (``gen_*`` keys). It writes ``RUN_DIR/evaluation.json`` (and, with
+``[generate]``, ``generations.jsonl``) and changes nothing else in the run.
 """
 
 from __future__ import annotations
@@ -73,7 +75,15 @@ def evaluate_run(run_dir: str | Path, test_size: int = 0, batch_size: int = 0) -
     test = encode(run.raw, "test", run.preprocess, cfg.data.max_length)
     result = evaluate(run.model, test, batch_size or cfg.train.eval_batch_size)
     out = {"run_dir": str(path), "strategy": cfg.federation.strategy, "round": run.round,
-           "test_samples": result.n, "accuracy": result.accuracy, "loss": result.loss,
-           "seconds": round(time.time() - t0, 2)}
+           "test_samples": result.n, "accuracy": result.accuracy, "loss": result.loss}
+    if cfg.generate.data:  # the run's generative evaluation again, with the completions written
+        from fedft.gen_eval import GenerativeEval
+        from fedft.outputs import GENERATIONS
+
+        gen = GenerativeEval.for_run(cfg, run.preprocess, list(run.raw.train_x))
+        assert gen is not None
+        out.update(gen.summary(gen.score(run.model)))
+        gen.write(path / GENERATIONS)
+    out["seconds"] = round(time.time() - t0, 2)
     (path / EVALUATION).write_text(json.dumps(out, indent=2) + "\n")
     return out

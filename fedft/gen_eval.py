@@ -5,7 +5,7 @@ prompts of that dataset's ``generate.split`` with the current global model after
 evaluation (each ``federation.eval_every`` rounds, or each epoch centrally) and once on the
 final model, and judges each completion against the example's response (exact match, token F1
 or numeric). The score is the mean judgement: ``gen_score`` in metrics.csv, ``gen_*`` keys in
-the summary.
+the summary; the final model's completions are in ``generations.jsonl``.
 
 Decontamination: an example whose prompt is also a prompt of the run's training data is
 dropped (chatterbot's English trivia file, for instance, is part of ``chatterbot-sft``); the
@@ -15,7 +15,9 @@ no system prompt) and left-truncated to ``data.max_length - generate.max_new_tok
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,7 @@ class GenerativeEval:
     gen: GenerationConfig
     batch_size: int
     tokenizer: Any = field(repr=False)
+    last: list = field(default_factory=list, repr=False)  # (completion, judgement) of the last score
 
     @classmethod
     def for_run(cls, cfg: ExperimentConfig, tokenizer: Any, train_x: list) -> GenerativeEval | None:
@@ -89,10 +92,19 @@ class GenerativeEval:
         return [t.strip() for t in out]
 
     def score(self, model: Any) -> float:
-        """The mean judgement of the model's completions (judges' -1, cannot judge, counts as 0)."""
+        """The mean judgement of the model's completions (judges' -1, cannot judge, counts as 0).
+        The completions and judgements are kept for :meth:`write`."""
         texts = self.completions(model)
         verdicts = self.judge.judge([e.prompt for e in self.examples], texts, [e.response for e in self.examples])
+        self.last = list(zip(texts, verdicts, strict=True))
         return float(np.mean([max(float(v), 0.0) for v in verdicts]))
+
+    def write(self, path: str | Path) -> None:
+        """The last scored completions as JSON lines: prompt, gold response, completion, judgement."""
+        with open(path, "w", encoding="utf-8") as f:
+            for e, (text, verdict) in zip(self.examples, self.last, strict=True):
+                f.write(json.dumps({"prompt": e.prompt, "gold": e.response, "completion": text,
+                                    self.name: float(verdict)}, ensure_ascii=False) + "\n")
 
     def summary(self, score: float) -> dict[str, Any]:
         """The summary's ``gen_*`` keys for the final model's ``score``."""

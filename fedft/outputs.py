@@ -17,6 +17,7 @@ from fedft.config import ExperimentConfig, to_toml
 CONFIG = "config.toml"
 METRICS = "metrics.csv"
 LEDGER = "ledger.csv"
+GENERATIONS = "generations.jsonl"  # the final model's completions under [generate]
 SUMMARY = "summary.json"
 PARTITIONS = "partitions.json"
 

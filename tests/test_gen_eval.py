@@ -77,6 +77,15 @@ def test_federated_run_records_the_generative_score_each_round(tmp_path):
     assert len(scores) >= 2 and all(0.0 <= s <= 1.0 for s in scores)
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["gen_judge"] == "f1" and saved["gen_samples"] == 5 and saved["gen_score"] == summary["gen_score"]
+    lines = [json.loads(x) for x in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 and set(lines[0]) == {"prompt", "gold", "completion", "f1"}
+    assert abs(sum(x["f1"] for x in lines) / 5 - summary["gen_score"]) < 1e-9
+    from fedft.evaluation import evaluate_run
+
+    (tmp_path / "run" / "generations.jsonl").unlink()
+    again = evaluate_run(tmp_path / "run")  # the last checkpoint, judged again
+    assert again["gen_samples"] == 5 and 0.0 <= again["gen_score"] <= 1.0
+    assert (tmp_path / "run" / "generations.jsonl").is_file()
 
 
 def test_central_run_records_the_generative_score_each_epoch(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -82,3 +83,15 @@ def test_sfprompt_on_a_split_tiny_llama_lowers_the_response_loss_and_prunes_by_l
     assert summary["travelling_params"] == 4 * 32 + 32  # prompts (4 x hidden 32) + final norm
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["server_flops"] > 0 and saved["client_flops"] > 0
+
+
+@pytest.mark.parametrize("name", ["lora", "ia3", "ssf", "prompt_tuning", "s2ft", "hft"])
+def test_parameter_methods_leave_a_causal_lm_head_frozen(name):
+    from fedft.config import MethodConfig
+    from fedft.methods import METHODS
+    from fedft.model.tiny import tiny_task_model
+
+    model = tiny_task_model("llama", prompt_len=4 if name == "prompt_tuning" else 0, tie_word_embeddings=True)
+    METHODS.get(name)(MethodConfig(name=name, prompt_len=4)).apply(model)
+    assert not model.output_layer.weight.requires_grad
+    assert any(p.requires_grad for p in model.parameters())

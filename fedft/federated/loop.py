@@ -22,7 +22,7 @@ from fedft import keys
 from fedft.federated.payload import numel
 from fedft.federated.records import train_content
 from fedft.federated.server import ClientResult, ServerRuntime
-from fedft.outputs import LEDGER, METRICS, read_metrics
+from fedft.outputs import GENERATIONS, LEDGER, METRICS, read_metrics
 from fedft.precision import describe
 from fedft.train import eval_summary
 
@@ -106,6 +106,7 @@ def _final(srv: ServerRuntime, result: Any, gen: float | None, offset: float) ->
     summary = summarize(srv, result, test, 0.0, 0.0, offset + time.time())
     if srv.gen_eval is not None:
         summary.update(srv.gen_eval.summary(gen))  # type: ignore[arg-type]
+        srv.gen_eval.write(srv.run.file(GENERATIONS))
     return summary
 
 
