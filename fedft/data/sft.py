@@ -87,12 +87,17 @@ def render(ex: SFTExample, tokenizer: Any, system: str | None = None) -> tuple[l
     with the end-of-turn token), from the tokenizer's chat template; a tokenizer without one gets
     ``prompt + "\\n"`` and ``response + eos``."""
     if getattr(tokenizer, "chat_template", None):
-        prompt = chat_prompt_ids(tokenizer, ex.prompt, system)
-        full = _ids(tokenizer.apply_chat_template(_messages(ex, system, True), tokenize=True))
-        if full[: len(prompt)] != prompt:
+        # rendered as text, split at the end of the prompt, tokenised apart: the response's ids are
+        # then what generation produces after the prompt, even where the tokenizer would merge
+        # across the boundary (a response starting with indentation after the header's newline)
+        prompt_text = tokenizer.apply_chat_template(_messages(ex, system, False), tokenize=False,
+                                                    add_generation_prompt=True)
+        full_text = tokenizer.apply_chat_template(_messages(ex, system, True), tokenize=False)
+        if not full_text.startswith(prompt_text):
             raise ValueError("the chat template does not render the prompt as a prefix of the conversation; "
                              "response-only labels need it (set a template that does, or none)")
-        response = full[len(prompt):]
+        prompt = chat_prompt_ids(tokenizer, ex.prompt, system)
+        response = _ids(tokenizer(full_text[len(prompt_text):], add_special_tokens=False))
         eos = getattr(tokenizer, "eos_token_id", None)
         if eos in response:  # what a template renders after the end of turn (a newline) is not learnt
             response = response[: len(response) - response[::-1].index(eos)]
@@ -203,10 +208,15 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()[:16]
 
 
+#: bumped whenever :func:`render` or :func:`tokenize` changes what they produce (stale caches miss)
+RENDER_VERSION = 2
+
+
 def cache_key(examples: Iterable[SFTExample], tokenizer: Any, max_length: int, system: str | None,
               min_prompt: int) -> str:
     h = hashlib.sha256(tokenizer_fingerprint(tokenizer).encode())
-    h.update(json.dumps({"max_length": max_length, "system": system, "min_prompt": min_prompt}).encode())
+    h.update(json.dumps({"max_length": max_length, "system": system, "min_prompt": min_prompt,
+                         "render": RENDER_VERSION}).encode())
     for ex in examples:
         h.update(json.dumps(asdict(ex), ensure_ascii=False).encode())
     return h.hexdigest()[:24]
