@@ -125,7 +125,59 @@ def privacy(results: Path) -> Iterator[tuple[str, str]]:
             yield "privacy.md", line
 
 
-CHECKS: list[Check] = [main_job, paper_full, strategy_compare, overhead, privacy]
+LM_RUNS = ("fed_chatterbot_lora", "sfprompt_smollm2")
+
+
+def lm_run_lines(run: Path) -> list[str]:
+    """A language-model run's rounds and totals as llm.md prints them."""
+    s = json.loads((run / "summary.json").read_text())
+    lines = []
+    for r in csv.DictReader(open(run / "metrics.csv")):
+        if r["clients"]:  # a round (the row after it, if any, re-evaluates the finalized model)
+            lines.append(f"| {run.name} | {r['round']} | {float(r['val_loss']):.4f} | {float(r['val_accuracy']):.4f} | "
+                         f"{float(r['gen_score']):.3f} | {float(r['train_loss']):.4f} | {int(r['bytes_round']):,} | "
+                         f"{float(r['client_flops']):.3g} | {float(r['server_flops']):.3g} | {float(r['seconds']):.0f} |")
+    kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(s["bytes_by_kind"].items()))
+    lines.append(f"- `{run.name}`: test loss {s['test_loss']:.4f}, next-token accuracy {s['test_accuracy']:.4f} "
+                 f"({s['test_samples']} held-out pairs); trivia exact match {s['gen_score']:.3f} on "
+                 f"{s['gen_samples']} questions; {s['travelling_params']:,} travelling parameters; bytes by kind: "
+                 f"{kinds}; client FLOPs {s['client_flops']:.3g}, server FLOPs {s['server_flops']:.3g}; "
+                 f"wall {s['wall_seconds']:.0f} s.")
+    if (gens := run / "generations.jsonl").is_file():
+        from fedft.judges import token_f1
+
+        rows = [json.loads(x) for x in gens.read_text().splitlines()]
+        f1 = sum(token_f1(r["completion"], r["gold"]) for r in rows) / len(rows)
+        lines.append(f"  - `{run.name}`: token F1 {f1:.3f} over {len(rows)} completions.")
+    return lines
+
+
+def lm_runs(results: Path) -> Iterator[tuple[str, str]]:
+    """llm.md's federated and split SmolLM2 runs, round by round."""
+    for name in LM_RUNS:
+        if (results / "lm" / name / "summary.json").is_file():
+            for line in lm_run_lines(results / "lm" / name):
+                yield "llm.md", line
+
+
+def peft_unit_tests(results: Path) -> Iterator[tuple[str, str]]:
+    """llm_peft_unit_tests.md's tables and verdicts, rebuilt from the cell JSONs."""
+    import tempfile
+
+    out = results / "lm/peft_unit_tests"
+    if not any(out.glob("*_seed*.json")):
+        return
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from peft_unit_tests_report import write_report
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_report(out, Path(tmp) / "report.md", summary_csv=False)
+        for line in (Path(tmp) / "report.md").read_text().splitlines():
+            if line.startswith("|") or line.startswith("- Numbers") or line.startswith("- **Verdict"):
+                yield "llm_peft_unit_tests.md", line
+
+
+CHECKS: list[Check] = [main_job, paper_full, strategy_compare, overhead, privacy, lm_runs, peft_unit_tests]
 
 
 def mismatches(results: Path = RESULTS, reports: Path = REPORTS) -> list[str]:

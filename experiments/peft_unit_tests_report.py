@@ -136,13 +136,14 @@ def verdicts(by: dict[str, list[dict[str, Any]]]) -> list[dict[str, str]]:
     return [*(_comparable(by, m) for m in PEFT), _cheapest(by), _closest(by), _forgets_little(by)]
 
 
-def write_report(out: Path, report: Path) -> None:
+def write_report(out: Path, report: Path, summary_csv: bool = True) -> None:
     """``out``/summary.csv (every metric's interval per method) and the markdown report."""
     by = load_cells(out)
     rows = [(m, k, *_iv(by, m, k)) for m in METHODS if m in by for k, _, _ in METRICS]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.csv").write_text("method,metric,n,mean,ci_low,ci_high\n" + "".join(
-        f"{m},{k},{n},{mean:.6g},{lo:.6g},{hi:.6g}\n" for m, k, n, mean, lo, hi in rows))
+    if summary_csv:
+            (out / "summary.csv").write_text("method,metric,n,mean,ci_low,ci_high\n" + "".join(
+            f"{m},{k},{n},{mean:.6g},{lo:.6g},{hi:.6g}\n" for m, k, n, mean, lo, hi in rows))
     recs = [r for rs in by.values() for r in rs]
     opts = {k: v for k, v in (recs[0]["options"] if recs else asdict(Options())).items() if k != "out"}
     differs = DIFFERENCES.format(train=recs[0]["train_examples"] if recs else "?", epochs=opts["epochs"])
