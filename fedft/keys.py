@@ -48,7 +48,8 @@ TRAIN_LOSS = "train-loss"
 LOCAL_LOSS = "local-loss"
 CLIENT_FLOPS = "client-flops"
 CLIENT_SECONDS = "client-seconds"
-SPLIT_SAMPLES = "split-samples"  # samples trained through the body (server FLOPs = these x per-sample)
+SPLIT_SAMPLES = "split-samples"  # samples trained through the body
+SPLIT_TOKENS = "split-tokens"  # sequence positions sent through the body (server FLOPs = these x per-token)
 CLIENT_BYTES_PREFIX = "bytes-"  # + ledger kind: the client's own count of body-service bytes
 AGG_WEIGHT = "agg-weight"  # the strategy's weight of a reply, as Flower's aggregators read it
 

@@ -87,6 +87,7 @@ def client_round(
                        open_transport, state, Proximal.for_config(cfg, held))
     metrics: dict[str, float] = {keys.NUM_EXAMPLES: float(len(idx))}
     metrics.update(strategy_for(cfg).client_train(ctx))
+    metrics[keys.SPLIT_TOKENS] = float(ctx.split_tokens)
     metrics[keys.CLIENT_FLOPS] = float(ctx.flops.total(party="client"))
     metrics[keys.CLIENT_SECONDS] = time.time() - t0
     return upload(rt.method, rt.model, rt.parts), metrics

@@ -60,8 +60,8 @@ def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) ->
         srv.collect_service_ledger(rnd)
         good = [r for r in results if r.error is None]
         round_client = sum(r.metrics.get(keys.CLIENT_FLOPS, 0.0) for r in good)
-        split_samples = sum(r.metrics.get(keys.SPLIT_SAMPLES, 0.0) for r in good)
-        round_server = split_samples * srv.body_flops_per_sample()
+        split_tokens = sum(r.metrics.get(keys.SPLIT_TOKENS, 0.0) for r in good)
+        round_server = split_tokens * srv.body_flops_per_token()
         client_flops, server_flops = client_flops + round_client, server_flops + round_server
         row: dict[str, Any] = {
             "round": rnd, "clients": len(good), "failed": len(results) - len(good),

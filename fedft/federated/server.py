@@ -216,8 +216,10 @@ class ServerRuntime:
             return
         self.ledger.extend(e for e in self.service.service.ledger if e.round == round)
 
-    def body_flops_per_sample(self) -> float:
-        """Server FLOPs per split sample (body forward + backward), measured once by FlopCounterMode."""
+    def body_flops_per_token(self) -> float:
+        """Server FLOPs per sequence position sent through the body (forward + backward), measured
+        once by FlopCounterMode on two test samples. Exact for fixed-length inputs (images);
+        for variable-length text an estimate, since attention's cost grows with T^2."""
         if self.parts is None:
             return 0.0
         if self._body_flops is None:
@@ -231,7 +233,7 @@ class ServerRuntime:
             with meter.measure("server", Phase.SPLIT, "body", "bwd"):
                 z.backward(torch.ones_like(z))
             self.parts.body.zero_grad(set_to_none=True)
-            self._body_flops = meter.total() / len(batch["labels"])
+            self._body_flops = meter.total() / (h.shape[0] * h.shape[1])
         return self._body_flops
 
     def hand_on(self, res: ClientResult) -> None:

@@ -68,6 +68,7 @@ class RoundContext:
     open_transport: OpenTransport | None
     state: dict[str, Any] | None  # kept between rounds (Flower's context.state)
     proximal: Any = None  # fedft.train.Proximal when the aggregator asks for a proximal term
+    split_tokens: int = 0  # sequence positions this round sent through the body (batch x length)
 
     def step(self) -> None:
         """The optimizer step, after the aggregator's client-side term (FedProx) if any."""
