@@ -154,3 +154,15 @@ def test_cells_skip_existing_results_unless_forced(put, tmp_path, monkeypatch):
     calls.clear()
     put.run_study(opts, todo, force=True)
     assert len(calls) == 3
+
+
+def test_comparable_needs_the_paired_gap_within_the_margin_not_just_overlapping_intervals(rep):
+    def cells(method, passes, muts):
+        return [{"method": method, "seed": s, "pass_rate": p, "mutation_score": m}
+                for s, (p, m) in enumerate(zip(passes, muts, strict=True))]
+
+    full = cells("full_ft", [0.2, 0.4, 0.6], [0.8, 0.8, 0.8])
+    wide = {"full_ft": full, "x": cells("x", [0.05, 0.45, 0.3], [0.8, 0.8, 0.8])}  # gaps -0.15, +0.05, -0.3
+    assert rep._comparable(wide, "x")["verdict"] == "inconclusive"
+    worse = {"full_ft": full, "x": cells("x", [0.0, 0.2, 0.35], [0.8, 0.8, 0.8])}  # gaps -0.2, -0.2, -0.25
+    assert rep._comparable(worse, "x")["verdict"] == "not reproduced"
