@@ -53,6 +53,9 @@ class DataConfig:
     # Fewer are used when fewer remain (none when train_size takes the whole split)
     val_size: int = 1000
     test_size: int = 0  # 0 = all; the test split is evaluated once, on the final model
+    # SFT data: a system turn before every prompt ("" = none: fedft adds no system turn; a
+    # template that inserts its own default when there is none, as SmolLM2-Instruct's does, still does)
+    system_prompt: str = ""
 
     def __post_init__(self) -> None:
         _check(self.image_size > 0, "data.image_size", "a positive integer")

@@ -10,7 +10,7 @@ the summary; the final model's completions are in ``generations.jsonl``.
 Decontamination: an example whose prompt is also a prompt of the run's training data is
 dropped (chatterbot's English trivia file, for instance, is part of ``chatterbot-sft``); the
 summary says how many were dropped. Prompts are rendered exactly as in training (chat template,
-no system prompt) and left-truncated to ``data.max_length - generate.max_new_tokens`` tokens.
+``data.system_prompt``) and left-truncated to ``data.max_length - generate.max_new_tokens`` tokens.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ class GenerativeEval:
             order = np.random.default_rng([cfg.seed, 11]).permutation(len(kept))[: g.samples]
             kept = [kept[i] for i in sorted(order)]
         room = max(cfg.data.max_length - g.max_new_tokens, 1)
-        prompts = [render(e, tokenizer)[0][-room:] for e in kept]
+        system = cfg.data.system_prompt or None
+        prompts = [render(e, tokenizer, system)[0][-room:] for e in kept]
         eos = getattr(tokenizer, "eos_token_id", None)
         gen = GenerationConfig(max_new_tokens=g.max_new_tokens, eos_token_ids=() if eos is None else (int(eos),))
         return cls(g.judge, kept, prompts, removed, JUDGES[g.judge](), gen, g.batch_size, tokenizer)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 
 from fedft.cli import default_config
 from fedft.config import DataConfig
@@ -48,3 +49,30 @@ def test_federated_lora_sft_on_a_tiny_llama_lowers_the_response_loss(tmp_path):
     assert losses[0] > losses[1] > losses[2] and losses[2] < losses[0] - 0.1, losses
     assert abs(float(rows[-1]["val_loss"]) - losses[2]) < 1e-3  # merging LoRA changes nothing
     assert summary["test_samples"] > 0 and summary["val_samples"] > 0
+
+
+def test_data_system_prompt_is_a_system_turn_in_training_and_generative_evaluation():
+    from fedft.data.sft_data import encode_sft
+    from fedft.errors import ConfigError
+    from fedft.gen_eval import GenerativeEval
+    from fedft.model.tiny import tiny_chat_tokenizer
+
+    raw = load_raw(DataConfig(name="synthetic-sft", train_size=20, val_size=0, test_size=10,
+                              system_prompt="answer in one word"), seed=0)
+    assert raw.system == "answer in one word"
+    tok = tiny_chat_tokenizer([f"{e.prompt} {e.response} answer in one word" for e in raw.train_x + raw.test_x])
+    with_system = encode(raw, "train", tok, max_length=64)
+    raw.system = None
+    plain = encode(raw, "train", tok, max_length=64)
+    sys_ids = tok("answer in one word", add_special_tokens=False)["input_ids"]
+    a, b = with_system.items[0], plain.items[0]
+    text = tok.decode(a.input_ids)
+    assert "system" in text and "answer in one word" in text and "answer in one word" not in tok.decode(b.input_ids)
+    assert a.input_ids[-len(b):] == b.input_ids and len(a) >= len(b) + len(sys_ids) + 2  # a turn before it
+    assert [t for t in a.labels if t != sft.IGNORE] == [t for t in b.labels if t != sft.IGNORE]  # same response
+    cfg = default_config(["model.name=tiny-llama", "model.task=causal_lm", "data.name=synthetic-sft",
+                          "data.system_prompt=answer in one word", "generate.data=synthetic-sft", "generate.samples=2"])
+    ev = GenerativeEval.for_run(cfg, tok, train_x=[])
+    assert "answer in one word" in tok.decode(ev.prompts[0])
+    with pytest.raises(ConfigError, match="data.system_prompt"):
+        encode_sft(raw.train_x, raw.train_y, HashTokenizer(99), 64, system="x")

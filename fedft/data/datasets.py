@@ -43,6 +43,7 @@ class RawData:
     label_names: list[str]
     val_x: Any = None
     val_y: np.ndarray | None = None
+    system: str | None = None  # SFT: the system turn of every prompt (data.system_prompt)
 
     @property
     def num_labels(self) -> int:
@@ -97,6 +98,7 @@ def load_raw(cfg: DataConfig, seed: int = 0) -> RawData:
     raw.val_x, raw.val_y = _take(raw.train_x, raw.train_y, val_idx)
     raw.train_x, raw.train_y = _take(raw.train_x, raw.train_y, train_idx)
     raw.test_x, raw.test_y = _subsample(raw.test_x, raw.test_y, cfg.test_size, seed + 1)
+    raw.system = cfg.system_prompt or None
     return raw
 
 
@@ -296,7 +298,7 @@ def encode(raw: RawData, split: Literal["train", "val", "test"], preprocess: Any
     if raw.modality == "sft":
         from fedft.data.sft_data import encode_sft
 
-        return encode_sft(list(x), y, preprocess, max_length)
+        return encode_sft(list(x), y, preprocess, max_length, raw.system)
     if raw.modality == "image":
         return EncodedSplit({"pixel_values": np.asarray(x)}, y, transform=preprocess)
     enc = tokenize(preprocess, list(x), max_length)

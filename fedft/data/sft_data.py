@@ -111,15 +111,20 @@ class SFTSplit(EncodedSplit):
         return max(len(self.items[int(i)]) for i in idx)
 
 
-def encode_sft(x: list, y: torch.Tensor, preprocess: Any, max_length: int) -> SFTSplit:
-    """Tokenise SFT examples (cached under FEDFT_HOME/cache/sft for a real tokenizer)."""
+def encode_sft(x: list, y: torch.Tensor, preprocess: Any, max_length: int, system: str | None = None) -> SFTSplit:
+    """Tokenise SFT examples, each prompt after the ``system`` turn if given (cached under
+    FEDFT_HOME/cache/sft for a real tokenizer)."""
     from fedft.data.sft import tokenize as sft_tokenize
     from fedft.data.sft import tokenize_cached
 
+    if system and not getattr(preprocess, "chat_template", None):
+        from fedft.errors import ConfigError
+
+        raise ConfigError("data.system_prompt needs a tokenizer with a chat template; set data.system_prompt = \"\"")
     if hasattr(preprocess, "get_vocab"):
         from fedft.assets import fedft_home
 
-        items = tokenize_cached(x, preprocess, max_length, fedft_home() / "cache" / "sft")
+        items = tokenize_cached(x, preprocess, max_length, fedft_home() / "cache" / "sft", system=system)
     else:  # the hashing tokenizer of tiny test models
-        items = [sft_tokenize(ex, preprocess, max_length) for ex in x]
+        items = [sft_tokenize(ex, preprocess, max_length, system=system) for ex in x]
     return SFTSplit(items, y, _pad_id(preprocess))
