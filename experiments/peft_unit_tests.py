@@ -157,8 +157,6 @@ def fit(ex: Any, tok: Any, max_length: int) -> Any:
     so that prompt + response fit ``max_length``. fedft's tokenize would instead cut the prompt from
     the left: at 384 tokens 71 of the 118 training examples are too long, and 35 of them would lose
     over half of their prompt, instruction and signature first."""
-    from dataclasses import replace
-
     from fedft.data.sft import render
     from fedft.testgen import shorten_tests
 

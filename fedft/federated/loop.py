@@ -82,16 +82,16 @@ def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) ->
                                                         "seconds": row["seconds"]}))
         if not good:
             log.warning("round %d: no client succeeded; the global state is unchanged", rnd)
-    summary = _final(srv, result, gen, earlier - t0)
-    summary.update(client_flops=client_flops, server_flops=server_flops)
+    summary = _final(srv, result, gen, earlier - t0, (client_flops, server_flops))
     if cfg.output.plots:
         write_plots(srv)
     return summary
 
 
-def _final(srv: ServerRuntime, result: Any, gen: float | None, offset: float) -> dict[str, Any]:
+def _final(srv: ServerRuntime, result: Any, gen: float | None, offset: float,
+           flops: tuple[float, float]) -> dict[str, Any]:
     """Finalize the global model, evaluate it (validation, generation, the test split once) and
-    summarise; ``offset + time.time()`` is the run's wall so far."""
+    summarise with the run's (client, server) ``flops``; ``offset + time.time()`` is the wall so far."""
     if result is None:  # resumed after the last round: evaluate the restored state
         result = srv.evaluate()
     if srv.finalize():  # merge / interpolate / prune the final global model, then evaluate again
@@ -103,7 +103,7 @@ def _final(srv: ServerRuntime, result: Any, gen: float | None, offset: float) ->
     if srv.gen_eval is not None and gen is None:  # resumed after the last round
         gen = srv.generative_score()
     srv.run.write_ledger(srv.ledger)
-    summary = summarize(srv, result, test, 0.0, 0.0, offset + time.time())
+    summary = summarize(srv, result, test, *flops, offset + time.time())
     if srv.gen_eval is not None:
         summary.update(srv.gen_eval.summary(gen))  # type: ignore[arg-type]
         srv.gen_eval.write(srv.run.file(GENERATIONS))
