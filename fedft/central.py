@@ -24,7 +24,7 @@ from fedft.gen_eval import GenerativeEval
 from fedft.methods import BaseMethod
 from fedft.model.build import build_model
 from fedft.model.task import TaskModel
-from fedft.outputs import GENERATIONS, METRICS, RunDir, read_metrics
+from fedft.outputs import METRICS, RunDir, read_metrics
 from fedft.precision import describe
 from fedft.precondition import head_preconditioner
 from fedft.train import (
@@ -67,9 +67,8 @@ class _Evaluator:
 
     def summary(self) -> dict[str, Any]:
         out = eval_summary(self.last, evaluate(self.net, self.test, self.bs))
-        if self.gen is not None:  # the last epoch's evaluation is the final model's
-            out.update(self.gen.summary(self.gen_last if self.gen_last is not None else self.gen.score(self.net)))
-            self.gen.write(self.run.file(GENERATIONS))
+        if self.gen is not None:  # the last epoch's evaluation (epoch 0 always runs) is the final model's
+            out.update(self.gen.summary(self.gen_last, self.run.path))
         return out
 
 

@@ -78,12 +78,10 @@ def evaluate_run(run_dir: str | Path, test_size: int = 0, batch_size: int = 0) -
            "test_samples": result.n, "accuracy": result.accuracy, "loss": result.loss}
     if cfg.generate.data:  # the run's generative evaluation again, with the completions written
         from fedft.gen_eval import GenerativeEval
-        from fedft.outputs import GENERATIONS
 
         gen = GenerativeEval.for_run(cfg, run.preprocess, list(run.raw.train_x))
         assert gen is not None
-        out.update(gen.summary(gen.score(run.model)))
-        gen.write(path / GENERATIONS)
+        out.update(gen.summary(gen.score(run.model), path))
     out["seconds"] = round(time.time() - t0, 2)
     (path / EVALUATION).write_text(json.dumps(out, indent=2) + "\n")
     return out

@@ -107,7 +107,12 @@ class GenerativeEval:
                 f.write(json.dumps({"prompt": e.prompt, "gold": e.response, "completion": text,
                                     self.name: float(verdict)}, ensure_ascii=False) + "\n")
 
-    def summary(self, score: float) -> dict[str, Any]:
-        """The summary's ``gen_*`` keys for the final model's ``score``."""
+    def summary(self, score: float, run_dir: str | Path | None = None) -> dict[str, Any]:
+        """The summary's ``gen_*`` keys for the final model's ``score``; with ``run_dir``, the last
+        scored completions are written there too (``generations.jsonl``)."""
+        if run_dir is not None:
+            from fedft.outputs import GENERATIONS
+
+            self.write(Path(run_dir) / GENERATIONS)
         return {"gen_score": score, "gen_judge": self.name, "gen_samples": len(self.examples),
                 "gen_decontaminated": self.removed}

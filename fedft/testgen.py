@@ -39,6 +39,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from fedft.data.sft_sets import solution_header
 from fedft.sandbox import Limits, run_python
 
 # [D] HumanEval solutions and their tests run in milliseconds; a mutant that loops forever is
@@ -73,9 +74,7 @@ def longest_parsing_prefix(code: str) -> str:
     return ""
 
 
-def header(entry_point: str) -> str:
-    """The imports every test file starts with (as HumanEval's reference tests here do)."""
-    return f"from solution import *  # noqa: F403\nfrom solution import {entry_point}\n"
+header = solution_header  # the imports every test file starts with, as the reference tests do
 
 
 def _drop_copies(code: str, entry_point: str) -> str:

@@ -76,10 +76,16 @@ def load_humaneval(root: Path | str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def solution_header(entry_point: str) -> str:
+    """The imports a test file against ``solution.py`` starts with: the star import brings the
+    helpers some tests use (HumanEval/32, 38, 50), the second names the function under test."""
+    return f"from solution import *  # noqa: F403\nfrom solution import {entry_point}\n"
+
+
 def reference_tests(problem: dict[str, Any]) -> str:
     """HumanEval's test as a runnable file against ``solution.py``."""
-    ep = problem["entry_point"]  # the star import brings the helpers some tests use (HumanEval/32, 38, 50)
-    return f"from solution import *  # noqa: F403\nfrom solution import {ep}\n\n{problem['test'].strip()}\n\n\ncheck({ep})\n"
+    ep = problem["entry_point"]
+    return f"{solution_header(ep)}\n{problem['test'].strip()}\n\n\ncheck({ep})\n"
 
 
 def solution_source(problem: dict[str, Any]) -> str:

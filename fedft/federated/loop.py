@@ -22,7 +22,7 @@ from fedft import keys
 from fedft.federated.payload import numel
 from fedft.federated.records import train_content
 from fedft.federated.server import ClientResult, ServerRuntime
-from fedft.outputs import GENERATIONS, LEDGER, METRICS, read_metrics
+from fedft.outputs import LEDGER, METRICS, read_metrics
 from fedft.precision import describe
 from fedft.train import eval_summary
 
@@ -70,11 +70,11 @@ def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) ->
             "bytes_round": srv.ledger.total() - before, "bytes_cumulative": srv.ledger.total(),
             "client_flops": round_client, "server_flops": round_server,
         }
-        if (rnd % cfg.federation.eval_every == 0 or rnd == cfg.federation.rounds) and srv.val is not None:
-            result = srv.evaluate()
-            row.update(val_accuracy=result.accuracy, val_loss=result.loss)
-            bar.set_postfix(val_acc=f"{result.accuracy:.3f}", clients=len(good))
         if rnd % cfg.federation.eval_every == 0 or rnd == cfg.federation.rounds:
+            if srv.val is not None:
+                result = srv.evaluate()
+                row.update(val_accuracy=result.accuracy, val_loss=result.loss)
+                bar.set_postfix(val_acc=f"{result.accuracy:.3f}", clients=len(good))
             gen = row["gen_score"] = srv.generative_score()
         row["seconds"] = earlier + time.time() - t0
         run.append_metrics(row)
@@ -105,8 +105,7 @@ def _final(srv: ServerRuntime, result: Any, gen: float | None, offset: float,
     srv.run.write_ledger(srv.ledger)
     summary = summarize(srv, result, test, *flops, offset + time.time())
     if srv.gen_eval is not None:
-        summary.update(srv.gen_eval.summary(gen))  # type: ignore[arg-type]
-        srv.gen_eval.write(srv.run.file(GENERATIONS))
+        summary.update(srv.gen_eval.summary(gen, srv.run.path))  # type: ignore[arg-type]
     return summary
 
 

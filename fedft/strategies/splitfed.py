@@ -62,7 +62,8 @@ def split_phase(ctx: RoundContext, split_idx: np.ndarray, epochs: int) -> tuple[
                     pre.apply()
                 ctx.step()
                 total, n = total + r.loss * r.n, n + r.n
-                ctx.split_tokens += r.n * (T if longest is None else int(batch["input_ids"].shape[1]) + rt.model.n_prompts)
+                # positions sent: this batch's padded length (+ prompts), or the fixed T
+                ctx.split_tokens += r.n * (T if longest is None else batch["input_ids"].shape[1] + rt.model.n_prompts)
     if pre is not None:
         pre.finish()
     return total / max(n, 1), n
