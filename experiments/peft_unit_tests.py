@@ -31,14 +31,14 @@ import json
 import math
 import os
 import resource
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from study_cells import ROOT, json_cache, option_args, run_cells, train_split, write_json
+
 RESULTS = ROOT / "experiments/results/lm/peft_unit_tests"
 REPORT = ROOT / "experiments/reports/llm_peft_unit_tests.md"
 METHODS = ("base", "full_ft", "lora", "ia3", "prompt_tuning")
@@ -98,16 +98,6 @@ def overrides(method: str, seed: int, opts: Options) -> list[str]:
 
 # ---- data: fixed splits, mutants and the forgetting sample (computed once per output dir) ----
 
-def _json_cache(path: Path, make: Any) -> Any:
-    if path.is_file():
-        return json.loads(path.read_text())
-    value = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps(value, indent=1))
-    path.with_suffix(".tmp").replace(path)
-    return value
-
-
 def _mutants_for(problem: dict[str, Any]) -> list[dict[str, Any]]:
     from fedft.data.sft_sets import reference_tests, solution_source
     from fedft.mutation import mutants
@@ -133,7 +123,7 @@ def prepare(opts: Options) -> StudyData:
     test = raw.test_x[: opts.limit_test or None]
     problems = {p["task_id"]: p for p in load_humaneval(asset_dir("humaneval"))}
     out = Path(opts.out)
-    stored = _json_cache(out / "mutants.json", dict)
+    stored = json_cache(out / "mutants.json", dict)
     missing = [ex.group for ex in test if ex.group not in stored]
     if missing:
         from tqdm import tqdm
@@ -148,7 +138,7 @@ def prepare(opts: Options) -> StudyData:
         pick = np.sort(np.random.default_rng(FORGET_SEED).permutation(len(pool))[:FORGET_N])
         return {"python": sys.version.split()[0], "examples": [asdict(pool[i]) for i in pick]}
 
-    forget = _json_cache(out / "forgetting.json", forgetting)
+    forget = json_cache(out / "forgetting.json", forgetting)
     return StudyData(train, test, problems, stored, [SFTExample(**e) for e in forget["examples"]])
 
 
@@ -186,24 +176,6 @@ def _split(examples: list, tok: Any, max_length: int) -> Any:
 
     items = [tokenize(fit(ex, tok, max_length), tok, max_length) for ex in examples]
     return SFTSplit(items, torch.zeros(len(items), dtype=torch.long), tok.pad_token_id or 0)
-
-
-def _train(model: Any, cfg: Any, split: Any, rng: Any, label: str) -> tuple[float, float, int]:
-    """(mean training loss of the last epoch, seconds, optimizer steps)."""
-    import numpy as np
-    from tqdm import tqdm
-
-    from fedft.train import make_optimizer, train_epoch
-
-    opt = make_optimizer(model, cfg.train)
-    idx, bs = np.arange(len(split)), cfg.train.batch_size
-    loss, steps, t0 = float("nan"), 0, time.perf_counter()
-    for epoch in range(cfg.train.epochs):
-        batches = tqdm(split.batches(idx, bs, shuffle=True, rng=rng), total=math.ceil(len(idx) / bs),
-                       desc=f"{label} train epoch {epoch + 1}", leave=False)
-        loss, _ = train_epoch(model, split, idx, bs, opt, rng, batches=batches)
-        steps += math.ceil(len(idx) / bs)
-    return loss, time.perf_counter() - t0, steps
 
 
 def generate_tests(model: Any, tok: Any, examples: list, opts: Options) -> tuple[list[str], int]:
@@ -274,7 +246,7 @@ def run_cell(method: str, seed: int, opts: Options, data: StudyData) -> dict[str
                            "train_examples": len(data.train), "test_problems": len(data.test)}
     train_loss, train_s, steps = None, 0.0, 0
     if method != "base":
-        train_loss, train_s, steps = _train(model, cfg, _split(data.train, tok, opts.max_length), rng,
+        train_loss, train_s, steps = train_split(model, cfg, _split(data.train, tok, opts.max_length), rng,
                                             f"{method} seed {seed}")
     t0 = time.perf_counter()
     test_loss = evaluate(model, _split(data.test, tok, opts.max_length), opts.batch_size).loss
@@ -314,29 +286,18 @@ def cells(methods: list[str], seeds: list[int]) -> list[tuple[str, int]]:
     return [(m, s) for m in methods for s in (seeds if m != "base" else [0])]
 
 
-def _option_args(opts: Options) -> list[str]:
-    return [a for f in fields(opts) for a in (f"--{f.name.replace('_', '-')}", str(getattr(opts, f.name)))]
-
-
 def run_study(opts: Options, todo: list[tuple[str, int]], force: bool, jobs: int = 1) -> list[str]:
     """Every cell without a JSON (all with ``force``), each in its own process, ``jobs`` at a time
     (each with ``threads`` torch threads, 1 when unset and jobs > 1); failures listed."""
-    from concurrent.futures import ThreadPoolExecutor
 
-    from tqdm import tqdm
 
     prepare(opts)  # mutants and the forgetting sample, once, before any cell reads them
     if jobs > 1 and not opts.threads:
         opts = replace(opts, threads=1)
     todo = [(m, s) for m, s in todo if force or not cell_path(Path(opts.out), m, s).is_file()]
-
-    def one(cell: tuple[str, int]) -> str | None:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--cell", cell[0], str(cell[1]), *_option_args(opts)]
-        return None if subprocess.run(cmd, cwd=ROOT).returncode == 0 else f"{cell[0]} seed {cell[1]}"
-
-    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
-        results = list(tqdm(pool.map(one, todo), total=len(todo), desc="cells"))
-    return [r for r in results if r is not None]
+    script = str(Path(__file__).resolve())
+    return run_cells([(f"{m} seed {s}", [sys.executable, script, "--cell", m, str(s), *option_args(opts)])
+                      for m, s in todo], jobs)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -369,9 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         rec = run_cell(method, seed, opts, prepare(opts))
         path = cell_path(out, method, seed)
         rec["command"] = " ".join([".venv/bin/python experiments/peft_unit_tests.py", "--cell", method, str(seed),
-                                   *_option_args(opts)])
-        path.with_suffix(".tmp").write_text(json.dumps(rec, indent=1))
-        path.with_suffix(".tmp").replace(path)
+                                   *option_args(opts)])
+        write_json(path, rec)
         print(f"wrote {path}: pass rate {rec['pass_rate']:.3f}, {rec['train_s']:.0f} s training, "
               f"{rec['eval_s']:.0f} s evaluation")
         return 0

@@ -27,6 +27,7 @@ from fedft.model.task import TaskModel
 from fedft.outputs import METRICS, RunDir, read_metrics
 from fedft.precision import describe
 from fedft.precondition import head_preconditioner
+from fedft.recipes.apply import apply_central, write_built
 from fedft.train import (
     eval_summary,
     evaluate,
@@ -111,6 +112,9 @@ def run_central(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
     rng = seed_everything(cfg.seed)
     raw = load_raw(cfg.data, cfg.seed)
     model, method, pre = build_model(cfg, raw.num_labels)
+    built = apply_central(cfg, raw, model, pre)  # a data recipe builds the training set (fedft/recipes)
+    if built is not None:
+        write_built(run.path, built)
     train, val, test = load_task_data(cfg, pre, raw)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     net: nn.Module = model
@@ -145,6 +149,8 @@ def run_central(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
         method.finalize(model)
         ev.epoch(cfg.train.epochs)
     summary = _finish(cfg, run, ev, len(train), trainable, t0)
+    if built is not None:
+        summary["recipe"] = built.report
     if method.describe():
         summary["method_report"] = method.describe()
     return summary

@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fedft.errors import ConfigError, FedftError
 
@@ -142,11 +143,24 @@ def cmd_assets(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_methods(args: argparse.Namespace) -> int:
+def plugin_kinds() -> dict[str, Any]:
+    """Every kind of fine-tuning plugin and its registry (what ``fedft methods`` lists)."""
     from fedft.methods import METHODS
+    from fedft.recipes import RECIPES
 
-    for name in METHODS.names():
-        print(f"{name:16s} {METHODS.get(name).description}")
+    return {"parameter method": METHODS, "data recipe": RECIPES}
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    kinds = plugin_kinds()
+    if args.kind and args.kind not in kinds:
+        print(f"fedft: unknown kind {args.kind!r}; valid: {', '.join(kinds)}", file=sys.stderr)
+        return 2
+    print(f"{'name':18s} {'kind':17s} description")
+    for kind, registry in kinds.items():
+        if args.kind in (None, kind):
+            for name in registry.names():
+                print(f"{name:18s} {kind:17s} {registry.get(name).description}")
     return 0
 
 
@@ -165,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_privacy(sub)
     _add_assets(sub)
-    m = sub.add_parser("methods", help="list the fine-tuning methods",
-                       description="List the registered fine-tuning methods with a one-line description.")
+    m = sub.add_parser("methods", help="list the fine-tuning methods (parameter methods, data recipes)",
+                       description="List the registered fine-tuning plugins: name, kind and a one-line "
+                       "description. Parameter methods are selected by method.name, data recipes by recipe.name.")
+    m.add_argument("--kind", help="only this kind ('parameter method' or 'data recipe')")
     m.set_defaults(fn=cmd_methods)
 
     from fedft.deploy import add_deploy_parser

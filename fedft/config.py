@@ -20,6 +20,7 @@ from fedft.config_parse import _assign, build, flatten, merge, parse_overrides, 
 from fedft.deploy_config import DeployConfig
 from fedft.errors import ConfigError
 from fedft.errors import check as _check
+from fedft.lm_config import GenerateConfig, RecipeConfig
 from fedft.options import PluginOptions, get_options, with_defaults
 
 
@@ -225,25 +226,6 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
-class GenerateConfig:
-    """Generative evaluation of a causal LM during a run (fedft/gen_eval.py; docs/generation.md):
-    greedy completions of an SFT dataset's prompts, judged against its responses, after each
-    evaluation (round or epoch) and once on the final model. [D] off (``data = ""``)."""
-
-    data: str = ""  # an SFT dataset (e.g. "trivia"); "" = off
-    split: Literal["val", "test"] = "test"
-    samples: int = 0  # 0 = every example of the split (after decontamination)
-    judge: Literal["exact_match", "f1", "numeric"] = "exact_match"
-    max_new_tokens: int = 32
-    batch_size: int = 16
-
-    def __post_init__(self) -> None:
-        _check(self.samples >= 0, "generate.samples", "an integer >= 0 (0 = all)")
-        for name in ("max_new_tokens", "batch_size"):
-            _check(getattr(self, name) >= 1, f"generate.{name}", "an integer >= 1")
-
-
-@dataclass(frozen=True)
 class ExperimentConfig:
     """The whole experiment."""
 
@@ -258,6 +240,7 @@ class ExperimentConfig:
     deploy: DeployConfig = field(default_factory=DeployConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
     seed: int = 0
 
     @classmethod

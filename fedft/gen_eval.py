@@ -24,10 +24,8 @@ import numpy as np
 
 from fedft.config import ExperimentConfig
 from fedft.errors import ConfigError
-from fedft.generation import GenerationConfig, generate
-from fedft.judges import ExactMatchJudge, F1Judge, NumericJudge
-
-JUDGES = {"exact_match": ExactMatchJudge, "f1": F1Judge, "numeric": NumericJudge}
+from fedft.generation import GenerationConfig, generate_batched
+from fedft.judges import JUDGES
 
 
 def _eval_examples(cfg: ExperimentConfig) -> list:
@@ -86,11 +84,8 @@ class GenerativeEval:
         return cls(g.judge, kept, prompts, removed, JUDGES[g.judge](), gen, g.batch_size, tokenizer)
 
     def completions(self, model: Any) -> list[str]:
-        """Greedy completions of every prompt, ``batch_size`` prompts at a time."""
-        out: list[str] = []
-        for i in range(0, len(self.prompts), self.batch_size):
-            out += generate(model, self.tokenizer, self.prompts[i: i + self.batch_size], self.gen).texts
-        return [t.strip() for t in out]
+        """Greedy completions of every prompt, ``batch_size`` prompts at a time (by length)."""
+        return generate_batched(model, self.tokenizer, self.prompts, self.gen, self.batch_size)
 
     def score(self, model: Any) -> float:
         """The mean judgement of the model's completions (judges' -1, cannot judge, counts as 0).

@@ -201,6 +201,22 @@ def generate(model: TaskModel, tokenizer: Any, prompts: Sequence[Sequence[int]],
     return _decode(model, tokenizer, prompts, cfg, next_logits, keep_logits)
 
 
+def generate_batched(model: TaskModel, tokenizer: Any, prompts: Sequence[Sequence[int]],
+                     cfg: GenerationConfig | None = None, batch_size: int = 16, desc: str | None = None) -> list[str]:
+    """Stripped completions of many prompts, in their order, generated ``batch_size`` at a time
+    in order of prompt length (less padding); a progress bar when ``desc`` is given."""
+    from tqdm.auto import tqdm
+
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = [""] * len(prompts)
+    starts = range(0, len(order), max(batch_size, 1))
+    for at in tqdm(starts, desc=desc, leave=False, disable=desc is None):
+        rows = order[at: at + batch_size]
+        for i, text in zip(rows, generate(model, tokenizer, [prompts[i] for i in rows], cfg).texts, strict=True):
+            out[i] = text.strip()
+    return out
+
+
 def generate_uncached(model: TaskModel, tokenizer: Any, prompts: Sequence[Sequence[int]],
                       cfg: GenerationConfig | None = None, keep_logits: bool = False) -> Generation:
     """The same decoding, recomputing the whole sequence with ``TaskModel.forward`` each step."""

@@ -151,3 +151,8 @@ class UnitTestJudge(BinaryJudge):
         golds = _golds("UnitTestJudge", completions, gold_completions)
         return [int(run_python(tests, self.limits, {"solution.py": code}).ok)
                 for tests, code in zip(completions, golds, strict=True)]
+
+
+#: the rule-based judges by config name (generate.judge, recipe judges)
+JUDGES: dict[str, type[BinaryJudge] | type[ScoreJudge]] = {"exact_match": ExactMatchJudge, "f1": F1Judge,
+                                                          "numeric": NumericJudge}

@@ -22,7 +22,7 @@ PluginOptions = tuple[tuple[str, Any], ...]
 
 # The packages whose modules register plugins; imported on the first look-up (not at import of
 # fedft.config, which the plugin modules themselves import).
-PLUGIN_PACKAGES = ("fedft.methods", "fedft.strategies", "fedft.federated.aggregators")
+PLUGIN_PACKAGES = ("fedft.methods", "fedft.strategies", "fedft.federated.aggregators", "fedft.recipes")
 
 
 def register_options(section: str, name: str, cls: type, selected_by: tuple[str, ...] = ()) -> None:

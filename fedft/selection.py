@@ -1,7 +1,7 @@
 """Data selection for SFT (the ``Selector`` interface of GRAPE, GOT-D, GeMQuAD's filter, S3FT).
 
-A selector maps a list of :class:`~fedft.data.sft.SFTExample` to the indices it keeps, in input
-order, so the caller can keep any parallel metadata aligned.
+A selector maps a pool (SFT examples, or texts for GOT-D) and a budget to the indices it keeps,
+in input order, so the caller can keep any parallel metadata aligned.
 
 - :class:`RandomSelector`: a seeded random subset (the control every selector is compared to).
 - :class:`GRAPE` (Zhang, Dai, Peng, arXiv 2502.04194): among the candidate responses of each
@@ -25,7 +25,10 @@ from fedft.scoring import sequence_loglik
 
 
 class Selector(Protocol):
-    def select(self, examples: Sequence[SFTExample]) -> list[int]: ...
+    """Picks at most ``budget`` items of ``pool`` (all it keeps when ``budget`` is None) and
+    returns their indices in increasing order, so parallel metadata stays aligned."""
+
+    def select(self, pool: Sequence[Any], budget: int | None = None) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -37,14 +40,16 @@ class RandomSelector:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if (self.n is None) == (self.fraction is None):
-            raise ValueError("RandomSelector needs exactly one of n and fraction")
+        if self.n is not None and self.fraction is not None:
+            raise ValueError("RandomSelector takes at most one of n and fraction (or a budget at select)")
         if (self.n is not None and self.n < 0) or (self.fraction is not None and not 0 <= self.fraction <= 1):
             raise ValueError(f"RandomSelector: n >= 0 or 0 <= fraction <= 1, got {self.n}, {self.fraction}")
 
-    def select(self, examples: Sequence[SFTExample]) -> list[int]:
-        k = self.n if self.n is not None else round(self.fraction * len(examples))  # type: ignore[operator]
-        pick = np.random.default_rng(self.seed).permutation(len(examples))[: min(k, len(examples))]
+    def select(self, pool: Sequence[Any], budget: int | None = None) -> list[int]:
+        """``budget`` items (else ``n``, else ``fraction`` of the pool, else all), seeded."""
+        k = (budget if budget is not None else self.n if self.n is not None
+             else round(self.fraction * len(pool)) if self.fraction is not None else len(pool))
+        pick = np.random.default_rng(self.seed).permutation(len(pool))[: min(k, len(pool))]
         return sorted(int(i) for i in pick)
 
 
@@ -66,12 +71,15 @@ class GRAPE:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         return [s.mean for s in sequence_loglik(self.model, items, pad, self.batch_size)]
 
-    def select(self, examples: Sequence[SFTExample]) -> list[int]:
+    def select(self, pool: Sequence[SFTExample], budget: int | None = None) -> list[int]:
+        """The ``top_n`` best candidates of each prompt; with a ``budget``, the best-scoring of those."""
         if self.top_n < 1:
             raise ValueError(f"GRAPE top_n must be >= 1, got {self.top_n}")
-        s = self.scores(examples)
+        s = self.scores(pool)
         by_prompt: dict[str, list[int]] = defaultdict(list)
-        for i, ex in enumerate(examples):
+        for i, ex in enumerate(pool):
             by_prompt[ex.prompt].append(i)
         keep = [i for idx in by_prompt.values() for i in sorted(idx, key=lambda i: -s[i])[: self.top_n]]
+        if budget is not None:
+            keep = sorted(keep, key=lambda i: -s[i])[:budget]
         return sorted(keep)

@@ -145,7 +145,9 @@ def test_the_report_computes_intervals_and_verdicts_by_its_rules(put, rep, tmp_p
 def test_cells_skip_existing_results_unless_forced(put, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(put, "prepare", lambda opts: None)
-    monkeypatch.setattr(put.subprocess, "run", lambda cmd, cwd: calls.append(cmd) or type("R", (), {"returncode": 0}))
+    import study_cells
+
+    monkeypatch.setattr(study_cells.subprocess, "run", lambda cmd, cwd: calls.append(cmd) or type("R", (), {"returncode": 0}))
     opts = replace(put.Options(), out=str(tmp_path))
     (tmp_path / "lora_seed0.json").write_text("{}")
     todo = put.cells(["base", "lora"], [0, 1])

@@ -47,5 +47,7 @@ def test_random_selector_is_seeded_and_sized():
     assert RandomSelector(n=3, seed=2).select(CANDIDATES) != a or RandomSelector(n=3, seed=3).select(CANDIDATES) != a
     assert len(RandomSelector(fraction=0.5).select(CANDIDATES)) == 3
     assert RandomSelector(n=100).select(CANDIDATES) == list(range(6))
-    with pytest.raises(ValueError, match="exactly one"):
-        RandomSelector()
+    assert RandomSelector(seed=1).select(CANDIDATES, budget=2) == RandomSelector(n=2, seed=1).select(CANDIDATES)
+    assert RandomSelector().select(CANDIDATES) == list(range(6))
+    with pytest.raises(ValueError, match="at most one"):
+        RandomSelector(n=1, fraction=0.5)

@@ -128,3 +128,19 @@ def encode_sft(x: list, y: torch.Tensor, preprocess: Any, max_length: int, syste
     else:  # the hashing tokenizer of tiny test models
         items = [sft_tokenize(ex, preprocess, max_length, system=system) for ex in x]
     return SFTSplit(items, y, _pad_id(preprocess))
+
+
+@DATASETS.register("arith")
+def _arith(cfg: DataConfig) -> RawData:
+    """Arithmetic word problems, one reasoning-style answer each (fedft.data.arith); y = operation."""
+    from fedft.data.arith import TEST_FRACTION, examples
+
+    return _sft_raw(examples(("reasoning",)), TEST_FRACTION, group=lambda e: e.task)
+
+
+@DATASETS.register("arith-candidates")
+def _arith_candidates(cfg: DataConfig) -> RawData:
+    """The same problems with one correct answer per style (the GRAPE pool); y = style."""
+    from fedft.data.arith import TEST_FRACTION, examples
+
+    return _sft_raw(examples(), TEST_FRACTION)

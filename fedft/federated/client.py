@@ -8,6 +8,7 @@ optimizer and seeds, and hands the work to the strategy's ``client_train`` hook.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from contextlib import contextmanager
@@ -38,7 +39,26 @@ def runtime(cfg: ExperimentConfig) -> ClientRuntime:
     model, method, pre = build_model(cfg, raw.num_labels)
     train = encode(raw, "train", pre, cfg.data.max_length)
     return ClientRuntime(cfg, model, method, split_parts(cfg, model), train,
-                         partitions_for(cfg, np.asarray(raw.train_y)))
+                         partitions_for(cfg, np.asarray(raw.train_y)), raw.train_x, raw.system, pre)
+
+
+def client_data(rt: ClientRuntime, pid: int) -> tuple[ClientRuntime, np.ndarray, dict[str, float]]:
+    """The runtime and indices client ``pid`` trains on: its partition, or, with a data recipe, the
+    set the recipe built from its partition with the model it held at its first round (kept)."""
+    if rt.cfg.recipe.name == "none":
+        return rt, rt.partitions[pid], {}
+    if pid not in rt.built:
+        from fedft.data.sft_data import encode_sft
+        from fedft.recipes.apply import client_examples
+
+        own = [rt.examples[int(i)] for i in rt.partitions[pid]]
+        result = client_examples(rt.cfg, own, rt.model, rt.tokenizer, rt.system)
+        split = encode_sft(result.examples, torch.zeros(len(result.examples), dtype=torch.long),
+                           rt.tokenizer, rt.cfg.data.max_length, rt.system)
+        rt.built[pid] = (split, result.report)
+    split, report = rt.built[pid]
+    metrics = {f"recipe_{k}": float(v) for k, v in report.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return dataclasses.replace(rt, train=split), np.arange(len(split)), metrics
 
 
 @functools.lru_cache(maxsize=4)
@@ -75,7 +95,7 @@ def client_round(
     cfg = rt.cfg
     receive(rt.method, rt.model, update)
     rt.method.on_client_round(rt.model, round)
-    idx = rt.partitions[pid]
+    rt, idx, recipe_metrics = client_data(rt, pid)
     torch.manual_seed(int(stream(cfg.seed, round, pid, 0).integers(2**31)))
     held = (rt.parts.client_parameters() if rt.parts is not None
             else [p for p in rt.model.parameters() if p.requires_grad])
@@ -85,7 +105,7 @@ def client_round(
                       lr_factor(cfg.train, round - 1, cfg.federation.rounds))
     ctx = RoundContext(rt, round, pid, idx, opt, stream(cfg.seed, round, pid, 2), FlopsMeter(),
                        open_transport, state, Proximal.for_config(cfg, held))
-    metrics: dict[str, float] = {keys.NUM_EXAMPLES: float(len(idx))}
+    metrics: dict[str, float] = {keys.NUM_EXAMPLES: float(len(idx)), **recipe_metrics}
     metrics.update(strategy_for(cfg).client_train(ctx))
     metrics[keys.SPLIT_TOKENS] = float(ctx.split_tokens)
     metrics[keys.CLIENT_FLOPS] = float(ctx.flops.total(party="client"))

@@ -33,6 +33,7 @@ from fedft.gen_eval import GenerativeEval
 from fedft.methods.base import state_tensors
 from fedft.model import build_model
 from fedft.outputs import PARTITIONS, RunDir
+from fedft.recipes.apply import recipe_for
 from fedft.train import EvalResult, evaluate, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class ServerRuntime:
         self.cfg, self.run = cfg, run
         self.strategy = strategy_for(cfg)
         self.aggregator = Aggregator.for_config(cfg)
+        recipe_for(cfg)  # a recipe that cannot run per client fails here, before any round
         raw = load_raw(cfg.data, cfg.seed)
         self.model, self.method, pre = build_model(cfg, raw.num_labels)
         self.test = encode(raw, "test", pre, cfg.data.max_length)

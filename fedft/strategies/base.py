@@ -52,6 +52,10 @@ class ClientRuntime:
     parts: SplitParts | None
     train: EncodedSplit
     partitions: list[np.ndarray]  # every client's indices into the training split
+    examples: Any = None  # the raw training examples (SFT), for a per-client data recipe
+    system: str | None = None  # the SFT system turn (data.system_prompt)
+    tokenizer: Any = None  # the model's preprocessing (tokenizer of a language model)
+    built: dict[int, Any] = dataclasses.field(default_factory=dict)  # client -> its recipe-built split
 
 
 @dataclass

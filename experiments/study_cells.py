@@ -1,0 +1,68 @@
+"""What the cell-based studies share (peft_unit_tests.py, llm_data.py): atomic JSON files,
+one training loop over an SFT split, and the pool that runs each cell in its own subprocess."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` to ``path`` through a temporary file (a killed run leaves no half file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(value, indent=1, default=str))
+    path.with_suffix(".tmp").replace(path)
+
+
+def json_cache(path: Path, make: Callable[[], Any]) -> Any:
+    """The JSON at ``path``, made (and written) by ``make()`` when absent."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = make()
+    write_json(path, value)
+    return value
+
+
+def option_args(opts: Any) -> list[str]:
+    """A dataclass of options as ``--name value`` command-line arguments."""
+    return [a for f in fields(opts) for a in (f"--{f.name.replace('_', '-')}", str(getattr(opts, f.name)))]
+
+
+def train_split(model: Any, cfg: Any, split: Any, rng: Any, label: str) -> tuple[float, float, int]:
+    """``cfg.train.epochs`` epochs over an SFT split: (last epoch's mean loss, seconds, steps)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from fedft.train import make_optimizer, train_epoch
+
+    opt = make_optimizer(model, cfg.train)
+    idx, bs = np.arange(len(split)), cfg.train.batch_size
+    loss, steps, t0 = float("nan"), 0, time.perf_counter()
+    for epoch in range(cfg.train.epochs):
+        batches = tqdm(split.batches(idx, bs, shuffle=True, rng=rng), total=math.ceil(len(idx) / bs),
+                       desc=f"{label} train epoch {epoch + 1}", leave=False)
+        loss, _ = train_epoch(model, split, idx, bs, opt, rng, batches=batches)
+        steps += math.ceil(len(idx) / bs)
+    return loss, time.perf_counter() - t0, steps
+
+
+def run_cells(commands: list[tuple[str, list[str]]], jobs: int = 1) -> list[str]:
+    """Run each (label, command) in its own process, ``jobs`` at a time; the labels that failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    def one(item: tuple[str, list[str]]) -> str | None:
+        return None if subprocess.run(item[1], cwd=ROOT).returncode == 0 else item[0]
+
+    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+        results = list(tqdm(pool.map(one, commands), total=len(commands), desc="cells"))
+    return [r for r in results if r is not None]
