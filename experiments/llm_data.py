@@ -55,8 +55,8 @@ class Options:
     max_new_tokens: int = 128  # [D] the longest (verbose) answers are about 90 tokens
     gen_batch: int = 16  # [D]
     own_samples: int = 1  # [D] the model's own samples per problem in the GRAPE pool (temperature 0.7)
-    limit_train: int = 0  # 0 = every training problem
-    limit_test: int = 0  # 0 = every test problem
+    limit_train: int = 300  # [D] training problems (a fixed random subset; 0 = all 470)
+    limit_test: int = 100  # [D] test problems (the first; 0 = all 130)
     threads: int = 0
     out: str = str(RESULTS)
 
@@ -84,9 +84,12 @@ def _splits(study: str, opts: Options) -> tuple[list, list]:
     raw = load_raw(DataConfig(name="arith-candidates" if study == "grape" else "arith", train_size=0, val_size=0,
                               test_size=0))
     train, test = list(raw.train_x), list(raw.test_x)
-    if opts.limit_train:
-        keep = sorted({e.prompt for e in train})[: opts.limit_train]
-        train = [e for e in train if e.prompt in set(keep)]
+    if opts.limit_train:  # a fixed random subset of the problems (every candidate of each)
+        import numpy as np
+
+        prompts = sorted({e.prompt for e in train})
+        keep = {prompts[int(i)] for i in np.random.default_rng(0).permutation(len(prompts))[: opts.limit_train]}
+        train = [e for e in train if e.prompt in keep]
     return train, test
 
 
