@@ -284,6 +284,10 @@ def cells(study: str, conditions: list[str], seeds: list[int]) -> list[tuple[str
 
 def run_study(opts: Options, todo: list[tuple[str, str, int]], force: bool, jobs: int = 1) -> list[str]:
     """Every cell without a JSON (all with ``force``), each in its own process, ``jobs`` at a time."""
+    if opts.threads:  # the preparation runs here: two spinning thread pools on 2 shared cores crawl
+        import torch
+
+        torch.set_num_threads(opts.threads)
     for study in sorted({t[0] for t in todo}):
         prepare(study, opts)  # once, before any cell reads it
     if jobs > 1 and not opts.threads:

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from peft_unit_tests import FORGET_N, LR, METHODS, MIN_RESPONSE, MUTANT_SEED, N_MUTANTS, PEFT, Options
+from study_cells import fmt_interval as _fmt
+from study_cells import interval
 
 METRICS = [  # key, label, format
     ("pass_rate", "pass rate (canonical)", ".3f"), ("mutation_score", "mutation score", ".3f"),
@@ -41,30 +43,8 @@ def load_cells(out: Path) -> dict[str, list[dict[str, Any]]]:
     return by
 
 
-def interval(xs: list[float | None]) -> tuple[int, float, float, float]:
-    """(n, mean, low, high): the 95 % t-interval over the values (nan bounds for n < 2)."""
-    from scipy.stats import t
-
-    v = [float(x) for x in xs if x is not None and not math.isnan(float(x))]
-    if not v:
-        return 0, math.nan, math.nan, math.nan
-    mean = sum(v) / len(v)
-    if len(v) < 2:
-        return len(v), mean, math.nan, math.nan
-    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1))
-    half = float(t.ppf(0.975, len(v) - 1)) * sd / math.sqrt(len(v))
-    return len(v), mean, mean - half, mean + half
-
-
 def _iv(by: dict[str, list[dict[str, Any]]], method: str, key: str) -> tuple[int, float, float, float]:
     return interval([r.get(key) for r in by.get(method, [])])
-
-
-def _fmt(iv: tuple[int, float, float, float], f: str) -> str:
-    n, mean, lo, hi = iv
-    if n == 0:
-        return "—"
-    return f"{mean:{f}}" if math.isnan(lo) else f"{mean:{f}} [{lo:{f}}, {hi:{f}}]"
 
 
 def _compare(a: tuple, b: tuple) -> str:

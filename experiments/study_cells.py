@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -18,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def write_json(path: Path, value: Any) -> None:
     """Write ``value`` to ``path`` through a temporary file (a killed run leaves no half file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps(value, indent=1, default=str))
-    path.with_suffix(".tmp").replace(path)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two processes may write the same file at once
+    tmp.write_text(json.dumps(value, indent=1, default=str))
+    tmp.replace(path)
 
 
 def json_cache(path: Path, make: Callable[[], Any]) -> Any:
@@ -66,3 +68,25 @@ def run_cells(commands: list[tuple[str, list[str]]], jobs: int = 1) -> list[str]
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
         results = list(tqdm(pool.map(one, commands), total=len(commands), desc="cells"))
     return [r for r in results if r is not None]
+
+
+def interval(xs: list[float | None]) -> tuple[int, float, float, float]:
+    """(n, mean, low, high): the 95 % t-interval over the values (nan bounds for n < 2)."""
+    from scipy.stats import t
+
+    v = [float(x) for x in xs if x is not None and not math.isnan(float(x))]
+    if not v:
+        return 0, math.nan, math.nan, math.nan
+    mean = sum(v) / len(v)
+    if len(v) < 2:
+        return len(v), mean, math.nan, math.nan
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1))
+    half = float(t.ppf(0.975, len(v) - 1)) * sd / math.sqrt(len(v))
+    return len(v), mean, mean - half, mean + half
+
+
+def fmt_interval(iv: tuple[int, float, float, float], f: str) -> str:
+    n, mean, lo, hi = iv
+    if n == 0:
+        return "—"
+    return f"{mean:{f}}" if math.isnan(lo) else f"{mean:{f}} [{lo:{f}}, {hi:{f}}]"
