@@ -214,7 +214,7 @@ def test_recipe_builds_the_selected_candidates(toy):
     assert [e.response for e in out.examples] == [t for t in pool if t.startswith("a")]
     assert all(e.prompt == "" and e.task == "pretrain" and e.group == "near" for e in out.examples)
     rep = out.report
-    assert (rep["selected"], rep["pool"], rep["target"], rep["by_group"]) == (4, len(pool), len(target), {"near": 4})
+    assert (rep["selected"], rep["candidates"], rep["target"], rep["by_group"]) == (4, len(pool), len(target), {"near": 4})
     assert rep["ot_cost"] > 0
     with pytest.raises(ValueError, match="target"):
         GotDRecipe(GotDOptions(budget=4), embed=embed).build(examples[: len(pool)], RecipeContext(None, None))

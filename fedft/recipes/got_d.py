@@ -311,7 +311,7 @@ class GotDRecipe(Recipe):
                    stop_thr=o.stop_thr)
         keep = sel.select(texts, o.budget)
         examples = [SFTExample("", texts[i], task="pretrain", group=groups[i]) for i in keep]
-        report = {"selected": len(keep), "pool": len(texts), "target": len(target_texts),
+        report = {"selected": len(keep), "candidates": len(texts), "target": len(target_texts),
                   "by_group": dict(sorted(Counter(groups[i] for i in keep).items())),
                   "ot_cost": sel.last_ot_cost}
         return RecipeResult(examples=examples, report=report)
