@@ -7,6 +7,7 @@ padding in ``batch_size`` groups, under ``torch.no_grad`` and the model's comput
 
 - :func:`token_logprobs`: log p(token | everything before it), per labelled token;
 - :func:`sequence_loglik`: their sum and their mean (the length-normalised score);
+- :func:`el2n`: the per-example EL2N score (the mean error-vector norm over labelled tokens);
 - :func:`perplexity`: exp of the mean negative log-likelihood over all labelled tokens;
 - :func:`kl_divergence`: the mean over labelled positions of KL(p || q) between two models'
   next-token distributions on the same text.
@@ -80,6 +81,20 @@ def sequence_loglik(model: nn.Module, items: Sequence[TokenizedExample], pad_id:
                     batch_size: int = 8) -> list[SequenceScore]:
     """Per example, the sum (and, as ``.mean``, the length-normalised) log-likelihood."""
     return [SequenceScore(float(lp.sum()), len(lp)) for lp in token_logprobs(model, items, pad_id, batch_size)]
+
+
+def el2n(model: nn.Module, items: Sequence[TokenizedExample], pad_id: int, batch_size: int = 8) -> list[float]:
+    """Per example, the EL2N score of a language model (Paul et al., 2021, per token as in
+    :func:`fedft.split.step.lm_el2n`): the mean over labelled tokens of ||softmax(z_t) - onehot(y)||_2."""
+    out: list[float] = []
+    with _eval(model):
+        for logp, target in _next_token_logprobs(model, items, pad_id, batch_size):
+            scored = target != IGNORE
+            sum_p2 = torch.logsumexp(2 * logp, -1).exp()
+            p_y = logp.gather(-1, target.clamp(min=0)[..., None])[..., 0].exp()
+            dist = (sum_p2 - 2 * p_y + 1).clamp(min=0).sqrt() * scored
+            out.extend((dist.sum(-1) / scored.sum(-1).clamp(min=1)).tolist())
+    return out
 
 
 def perplexity(model: nn.Module, items: Sequence[TokenizedExample], pad_id: int, batch_size: int = 8) -> float:

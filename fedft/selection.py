@@ -4,6 +4,10 @@ A selector maps a pool (SFT examples, or texts for GOT-D) and a budget to the in
 in input order, so the caller can keep any parallel metadata aligned.
 
 - :class:`RandomSelector`: a seeded random subset (the control every selector is compared to).
+- :class:`EL2N`: the ``budget`` examples with the highest EL2N score under ``model`` (the
+  hardest, as SFPrompt's dataset pruning keeps them; Paul et al., NeurIPS 2021).
+- GOT-D and its target-similarity control are in :mod:`fedft.recipes.got_d`, GeMQuAD's student
+  filter in :mod:`fedft.recipes.gemquad`.
 - :class:`GRAPE` (Zhang, Dai, Peng, arXiv 2502.04194): among the candidate responses of each
   prompt, keep the ``top_n`` the target model finds most probable, by length-normalised
   response log-likelihood under the SFT template [paper]. Scoring is inference only, so a
@@ -21,7 +25,7 @@ import numpy as np
 from torch import nn
 
 from fedft.data.sft import SFTExample, tokenize
-from fedft.scoring import sequence_loglik
+from fedft.scoring import el2n, sequence_loglik
 
 
 class Selector(Protocol):
@@ -83,3 +87,24 @@ class GRAPE:
         if budget is not None:
             keep = sorted(keep, key=lambda i: -s[i])[:budget]
         return sorted(keep)
+
+
+@dataclass
+class EL2N:
+    """The ``budget`` examples (all when None) with the highest EL2N under ``model``."""
+
+    model: nn.Module
+    tokenizer: Any
+    max_length: int = 512
+    batch_size: int = 8
+    system: str | None = None
+
+    def scores(self, pool: Sequence[SFTExample]) -> list[float]:
+        items = [tokenize(ex, self.tokenizer, self.max_length, self.system) for ex in pool]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return el2n(self.model, items, pad, self.batch_size)
+
+    def select(self, pool: Sequence[SFTExample], budget: int | None = None) -> list[int]:
+        s = self.scores(pool)
+        order = sorted(range(len(pool)), key=lambda i: -s[i])
+        return sorted(order[: len(pool) if budget is None else budget])

@@ -51,3 +51,24 @@ def test_random_selector_is_seeded_and_sized():
     assert RandomSelector().select(CANDIDATES) == list(range(6))
     with pytest.raises(ValueError, match="at most one"):
         RandomSelector(n=1, fraction=0.5)
+
+
+def test_el2n_selector_keeps_the_hardest_examples_and_matches_the_split_step_score():
+    import torch
+
+    from fedft.data.sft import pad_batch
+    from fedft.scoring import el2n
+    from fedft.selection import EL2N
+    from fedft.split.step import lm_el2n
+
+    m = target()
+    items = [sft.tokenize(ex, TOK, 64) for ex in CANDIDATES]
+    scores = el2n(m, items, TOK.pad_token_id, batch_size=2)
+    batch = pad_batch(items, TOK.pad_token_id)
+    with torch.no_grad():
+        ref = lm_el2n(m({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}), batch["labels"])
+    assert scores == pytest.approx(ref.tolist(), abs=1e-4)
+    assert all(0 <= s <= 2 ** 0.5 for s in scores)
+    top = sorted(sorted(range(6), key=lambda i: -scores[i])[:2])
+    assert EL2N(m, TOK).select(CANDIDATES, budget=2) == top
+    assert EL2N(m, TOK).select(CANDIDATES) == list(range(6))
