@@ -283,7 +283,8 @@ def cells(study: str, conditions: list[str], seeds: list[int]) -> list[tuple[str
 
 
 def run_study(opts: Options, todo: list[tuple[str, str, int]], force: bool, jobs: int = 1) -> list[str]:
-    """Every cell without a JSON (all with ``force``), each in its own process, ``jobs`` at a time."""
+    """Every cell without a JSON (all with ``force``), each in its own process, ``jobs`` at a time
+    (another runner on the same directory skips the cells this one holds)."""
     if opts.threads:  # the preparation runs here: two spinning thread pools on 2 shared cores crawl
         import torch
 
@@ -295,7 +296,7 @@ def run_study(opts: Options, todo: list[tuple[str, str, int]], force: bool, jobs
     todo = [c for c in todo if force or not cell_path(Path(opts.out), *c).is_file()]
     script = str(Path(__file__).resolve())
     return run_cells([(f"{st} {c} seed {s}", [sys.executable, script, "--cell", st, c, str(s), *option_args(opts)])
-                      for st, c, s in todo], jobs)
+                      for st, c, s in todo], jobs, None if force else [cell_path(Path(opts.out), *c) for c in todo])
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -56,17 +56,35 @@ def train_split(model: Any, cfg: Any, split: Any, rng: Any, label: str) -> tuple
     return loss, time.perf_counter() - t0, steps
 
 
-def run_cells(commands: list[tuple[str, list[str]]], jobs: int = 1) -> list[str]:
-    """Run each (label, command) in its own process, ``jobs`` at a time; the labels that failed."""
+def run_cells(commands: list[tuple[str, list[str]]], jobs: int = 1, outputs: list[Path] | None = None) -> list[str]:
+    """Run each (label, command) in its own process, ``jobs`` at a time; the labels that failed.
+
+    With ``outputs`` (each command's result file), a cell is skipped at its turn when its file
+    exists or another runner holds its ``.lock`` (created exclusively while it runs), so several
+    runners can share one output directory."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
-    def one(item: tuple[str, list[str]]) -> str | None:
-        return None if subprocess.run(item[1], cwd=ROOT).returncode == 0 else item[0]
+    def one(i: int) -> str | None:
+        label, cmd = commands[i]
+        if outputs is None:
+            return None if subprocess.run(cmd, cwd=ROOT).returncode == 0 else label
+        out, lock = outputs[i], outputs[i].with_suffix(".lock")
+        if out.exists():
+            return None
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return None  # another runner has it
+        try:
+            return None if subprocess.run(cmd, cwd=ROOT).returncode == 0 else label
+        finally:
+            lock.unlink(missing_ok=True)
 
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
-        results = list(tqdm(pool.map(one, commands), total=len(commands), desc="cells"))
+        results = list(tqdm(pool.map(one, range(len(commands))), total=len(commands), desc="cells"))
     return [r for r in results if r is not None]
 
 
