@@ -420,7 +420,8 @@ def run_study(opts: Options, todo: list[tuple[str, int, int]], force: bool, jobs
     todo = sorted((c for c in todo if force or not cell_path(Path(opts.out), *c).is_file()), key=lambda c: -c[1])
     script = str(Path(__file__).resolve())
     return run_cells([(f"{condition(sel, b)} seed {s}", [sys.executable, script, "--cell", sel, str(b), str(s),
-                                                          *option_args(opts)]) for sel, b, s in todo], jobs)
+                                                          *option_args(opts)]) for sel, b, s in todo], jobs,
+                     None if force else [cell_path(Path(opts.out), *c) for c in todo])
 
 
 def _parser() -> argparse.ArgumentParser:
