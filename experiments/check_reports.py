@@ -177,7 +177,24 @@ def peft_unit_tests(results: Path) -> Iterator[tuple[str, str]]:
                 yield "llm_peft_unit_tests.md", line
 
 
-CHECKS: list[Check] = [main_job, paper_full, strategy_compare, overhead, privacy, lm_runs, peft_unit_tests]
+def llm_data(results: Path) -> Iterator[tuple[str, str]]:
+    """llm_data.md's tables and verdicts (GRAPE, S3FT), rebuilt from the cell JSONs."""
+    import tempfile
+
+    out = results / "lm/data_recipes"
+    if not any(out.glob("*/*_seed*.json")):
+        return
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from llm_data_report import write_report
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_report(out, Path(tmp) / "report.md", summary_csv=False)
+        for line in (Path(tmp) / "report.md").read_text().splitlines():
+            if line.startswith("|") or line.startswith("**Numbers") or line.startswith("**Verdict"):
+                yield "llm_data.md", line
+
+
+CHECKS: list[Check] = [main_job, paper_full, strategy_compare, overhead, privacy, lm_runs, peft_unit_tests, llm_data]
 
 
 def mismatches(results: Path = RESULTS, reports: Path = REPORTS) -> list[str]:

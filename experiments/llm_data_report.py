@@ -164,7 +164,7 @@ def write_summary(out: Path, studies: dict[str, dict]) -> None:
                     w.writerow([study, c, r["seed"], r["train_examples"], *[r.get(k, "") for k in keys]])
 
 
-def write_report(out: Path, report: Path | None = None) -> Path:
+def write_report(out: Path, report: Path | None = None, summary_csv: bool = True) -> Path:
     """The markdown report of every study with cells under ``out``."""
     report = report or (REPORT if out.resolve() == RESULTS.resolve() else out / "report.md")
     studies = {s: load(out, s) for s in STUDIES if (out / s).is_dir()}
@@ -187,6 +187,7 @@ def write_report(out: Path, report: Path | None = None) -> Path:
                   *(grape_cards(by) if study == "grape" else s3ft_cards(by))]
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("\n".join(lines) + "\n")
-    write_summary(out, studies)
-    print(f"wrote {report} and {out / 'summary.csv'}")
+    if summary_csv:
+        write_summary(out, studies)
+        print(f"wrote {report} and {out / 'summary.csv'}")
     return report
