@@ -153,6 +153,23 @@ def _selection_rows(by: dict, study: str) -> list[str]:
     return rows
 
 
+def _prepared(out: Path, study: str) -> list[str]:
+    """One paragraph on what was built once with the starting model (seed-independent)."""
+    if study == "grape" and (out / "grape_pool.json").is_file():
+        p = json.loads((out / "grape_pool.json").read_text())
+        n = len({r["prompt"] for r in p["pool"]})
+        return [f"Pool: {n} training problems, {len(p['pool'])} candidates: three templated styles each, plus "
+                f"{p['own_kept']} of the model's {p['own_drawn']} own sampled answers (temperature 0.7) that the "
+                "numeric judge accepted. Scores and own samples were computed once with the starting model.", ""]
+    if study == "s3ft" and (out / "s3ft_targets.json").is_file():
+        t = json.loads((out / "s3ft_targets.json").read_text())
+        r = t["report"]
+        return [f"S3FT targets, built once with the starting model in {t['seconds']:.0f} s: the model answered "
+                f"{r['self_accuracy']:.1%} of the training problems correctly (its own answer kept: {r['self']}); "
+                f"{r['paraphrase']} accepted paraphrases of the gold; {r['gold']} gold answers.", ""]
+    return []
+
+
 def write_summary(out: Path, studies: dict[str, dict]) -> None:
     keys = sorted({k for m in (GRAPE_METRICS, S3FT_METRICS) for k in m})
     with open(out / "summary.csv", "w", newline="") as fh:
@@ -182,7 +199,8 @@ def write_report(out: Path, report: Path | None = None, summary_csv: bool = True
              "", f"Verdict rule [D]: {RULE}.", ""]
     for study, by in studies.items():
         metrics = GRAPE_METRICS if study == "grape" else S3FT_METRICS
-        lines += [f"## {study.upper()}", "", *table(by, list(STUDIES[study]), metrics), "", "What each cell trained on:", "",
+        lines += [f"## {study.upper()}", "", *_prepared(out, study), *table(by, list(STUDIES[study]), metrics), "",
+                  "What each cell trained on:", "",
                   *_selection_rows(by, study), "", "### Verdicts", "",
                   *(grape_cards(by) if study == "grape" else s3ft_cards(by))]
     report.parent.mkdir(parents=True, exist_ok=True)
