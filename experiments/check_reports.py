@@ -160,38 +160,31 @@ def lm_runs(results: Path) -> Iterator[tuple[str, str]]:
                 yield "llm.md", line
 
 
-def peft_unit_tests(results: Path) -> Iterator[tuple[str, str]]:
-    """llm_peft_unit_tests.md's tables and verdicts, rebuilt from the cell JSONs."""
+def _rebuilt(out: Path, script: str, report: str, prefixes: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+    """The lines of ``report`` starting with ``prefixes`` as ``script``'s ``write_report`` rebuilds
+    them from the cell JSONs under ``out`` (nothing when there are none)."""
     import tempfile
 
-    out = results / "lm/peft_unit_tests"
-    if not any(out.glob("*_seed*.json")):
+    if not any(out.rglob("*_seed*.json")):
         return
-    sys.path.insert(0, str(ROOT / "experiments"))
-    from peft_unit_tests_report import write_report
-
+    if str(ROOT / "experiments") not in sys.path:  # the report modules import their runner and study_cells
+        sys.path.insert(0, str(ROOT / "experiments"))
     with tempfile.TemporaryDirectory() as tmp:
-        write_report(out, Path(tmp) / "report.md", summary_csv=False)
+        _script(script).write_report(out, Path(tmp) / "report.md", summary_csv=False)
         for line in (Path(tmp) / "report.md").read_text().splitlines():
-            if line.startswith("|") or line.startswith("- Numbers") or line.startswith("- **Verdict"):
-                yield "llm_peft_unit_tests.md", line
+            if line.startswith(prefixes):
+                yield report, line
+
+
+def peft_unit_tests(results: Path) -> Iterator[tuple[str, str]]:
+    """llm_peft_unit_tests.md's tables and verdicts, rebuilt from the cell JSONs."""
+    yield from _rebuilt(results / "lm/peft_unit_tests", "peft_unit_tests_report", "llm_peft_unit_tests.md",
+                        ("|", "- Numbers", "- **Verdict"))
 
 
 def llm_data(results: Path) -> Iterator[tuple[str, str]]:
     """llm_data.md's tables and verdicts (GRAPE, S3FT), rebuilt from the cell JSONs."""
-    import tempfile
-
-    out = results / "lm/data_recipes"
-    if not any(out.glob("*/*_seed*.json")):
-        return
-    sys.path.insert(0, str(ROOT / "experiments"))
-    from llm_data_report import write_report
-
-    with tempfile.TemporaryDirectory() as tmp:
-        write_report(out, Path(tmp) / "report.md", summary_csv=False)
-        for line in (Path(tmp) / "report.md").read_text().splitlines():
-            if line.startswith("|") or line.startswith("**Numbers") or line.startswith("**Verdict"):
-                yield "llm_data.md", line
+    yield from _rebuilt(results / "lm/data_recipes", "llm_data_report", "llm_data.md", ("|", "**Numbers", "**Verdict"))
 
 
 CHECKS: list[Check] = [main_job, paper_full, strategy_compare, overhead, privacy, lm_runs, peft_unit_tests, llm_data]

@@ -31,11 +31,20 @@ import os
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from study_cells import ROOT, json_cache, option_args, run_cells, train_split, write_json
+from study_cells import (
+    ROOT,
+    add_option_flags,
+    json_cache,
+    option_args,
+    options_from,
+    run_cells,
+    train_split,
+    write_json,
+)
 
 RESULTS = ROOT / "experiments/results/lm/data_recipes"
 STUDIES = {"grape": ("base", "grape", "random", "strongest", "longest"), "s3ft": ("base", "sft", "s3ft")}
@@ -175,7 +184,8 @@ def training_set(study: str, condition: str, seed: int, data: dict[str, Any], op
     if study == "s3ft":
         if condition == "s3ft":
             return _examples(data["targets"]["examples"]), dict(data["targets"]["report"])
-        return _splits("s3ft", opts)[0], {"gold": len(_splits("s3ft", opts)[0])}
+        gold = _splits("s3ft", opts)[0]
+        return gold, {"gold": len(gold)}
     rows = data["pool"]["pool"]
     pool = _examples(rows)
     keep = choose(pool, [r["total"] / max(r["tokens"], 1) for r in rows],
@@ -309,8 +319,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun cells whose JSON exists")
     p.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process (default 1)")
     p.add_argument("--report-only", action="store_true", help="only write the report from existing JSONs")
-    for f in fields(Options):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f"default {f.default}")
+    add_option_flags(p, Options)
     return p
 
 
@@ -318,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     a = _parser().parse_args(argv)
-    opts = Options(**{f.name: getattr(a, f.name) for f in fields(Options)})
+    opts = options_from(a, Options)
     out = Path(opts.out)
     if a.cell:
         study, condition, seed = a.cell[0], a.cell[1], int(a.cell[2])

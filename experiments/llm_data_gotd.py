@@ -53,11 +53,20 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from study_cells import ROOT, json_cache, option_args, run_cells, train_split, write_json
+from study_cells import (
+    ROOT,
+    add_option_flags,
+    json_cache,
+    option_args,
+    options_from,
+    run_cells,
+    train_split,
+    write_json,
+)
 
 RESULTS = ROOT / "experiments/results/lm/data_recipes/gotd"
 SELECTORS = ("random", "target_sim", "got_d")
@@ -436,9 +445,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun cells whose JSON exists")
     p.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process (default 1)")
     p.add_argument("--report-only", action="store_true", help="only write the report from existing JSONs")
-    for f in fields(Options):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
-                       help=f"{OPTION_HELP[f.name]} (default {f.default})")
+    add_option_flags(p, Options, OPTION_HELP)
     return p
 
 
@@ -463,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     a = _parser().parse_args(argv)
-    opts = Options(**{f.name: getattr(a, f.name) for f in fields(Options)})
+    opts = options_from(a, Options)
     if a.cell:
         return _one_cell(a.cell, opts)
     failed: list[str] = []

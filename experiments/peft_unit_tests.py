@@ -33,11 +33,20 @@ import os
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from study_cells import ROOT, json_cache, option_args, run_cells, train_split, write_json
+from study_cells import (
+    ROOT,
+    add_option_flags,
+    json_cache,
+    option_args,
+    options_from,
+    run_cells,
+    train_split,
+    write_json,
+)
 
 RESULTS = ROOT / "experiments/results/lm/peft_unit_tests"
 REPORT = ROOT / "experiments/reports/llm_peft_unit_tests.md"
@@ -311,9 +320,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="only write the report from existing JSONs")
     p.add_argument("--report", type=Path, help="report path (default: experiments/reports/"
                    "llm_peft_unit_tests.md for the default --out, else <out>/report.md)")
-    for f in fields(Options):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
-                       help=f"default {f.default}")
+    add_option_flags(p, Options)
     return p
 
 
@@ -321,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     a = _parser().parse_args(argv)
-    opts = Options(**{f.name: getattr(a, f.name) for f in fields(Options)})
+    opts = options_from(a, Options)
     out = Path(opts.out)
     if a.cell:
         method, seed = a.cell[0], int(a.cell[1])

@@ -33,6 +33,18 @@ def json_cache(path: Path, make: Callable[[], Any]) -> Any:
     return value
 
 
+def add_option_flags(parser: Any, options: type, helps: dict[str, str] | None = None) -> None:
+    """One ``--name value`` flag per field of the ``options`` dataclass (its default as default)."""
+    for f in fields(options):
+        text = f"{(helps or {}).get(f.name, '')} (default {f.default})".lstrip()
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=text)
+
+
+def options_from(args: Any, options: type) -> Any:
+    """The ``options`` dataclass filled from parsed :func:`add_option_flags` flags."""
+    return options(**{f.name: getattr(args, f.name) for f in fields(options)})
+
+
 def option_args(opts: Any) -> list[str]:
     """A dataclass of options as ``--name value`` command-line arguments."""
     return [a for f in fields(opts) for a in (f"--{f.name.replace('_', '-')}", str(getattr(opts, f.name)))]

@@ -10,7 +10,8 @@ tables up here, so adding a plugin with options touches only the plugin's module
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 # section -> table name -> options dataclass
 _TABLES: dict[str, dict[str, type]] = {}
@@ -86,3 +87,24 @@ def with_defaults(options: PluginOptions, section: str, plugins: list[str]) -> P
         if name is not None and name not in have:
             have[name] = default_options(section, name)
     return tuple(sorted(have.items()))
+
+
+P = TypeVar("P", bound=type)
+
+
+def plugin_registrar(registry: Any, section: str) -> Callable[[str, type | None], Callable[[P], P]]:
+    """The class decorator factory of a plugin kind: ``register(name, options)`` sets the class's
+    ``name`` and ``Options``, declares ``[section.name]`` when it has options, and adds the class
+    to ``registry`` (a :class:`fedft.registry.Registry`)."""
+
+    def register(name: str, options: type | None = None) -> Callable[[P], P]:
+        def deco(cls: P) -> P:
+            cls.name = name  # type: ignore[attr-defined]
+            cls.Options = options  # type: ignore[attr-defined]
+            if options is not None:
+                register_options(section, name, options)
+            return registry.register(name)(cls)
+
+        return deco
+
+    return register

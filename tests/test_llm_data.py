@@ -5,22 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def ld():
-    if str(ROOT / "experiments") not in sys.path:
-        sys.path.insert(0, str(ROOT / "experiments"))
-    import llm_data
-    import llm_data_report
-
-    return llm_data, llm_data_report
+def ld(experiment_script):
+    return experiment_script("llm_data"), experiment_script("llm_data_report")
 
 
 def _pool():

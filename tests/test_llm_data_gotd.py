@@ -4,24 +4,16 @@ lookup, the plain-text and headline items, the selectors on a toy pool, and the 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def gd():
-    if str(ROOT / "experiments") not in sys.path:
-        sys.path.insert(0, str(ROOT / "experiments"))
-    import llm_data_gotd
-    import llm_data_gotd_report
-
-    return llm_data_gotd, llm_data_gotd_report
+def gd(experiment_script):
+    return experiment_script("llm_data_gotd"), experiment_script("llm_data_gotd_report")
 
 
 def test_the_cells_are_base_once_none_per_seed_and_each_selector_per_budget_and_seed(gd):

@@ -15,8 +15,7 @@ and ``[D]`` a default that is fedft's own choice; unmarked defaults are not attr
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 
 from fedft.config import MethodConfig
 from fedft.errors import check
-from fedft.options import register_options
+from fedft.options import plugin_registrar
 from fedft.registry import Registry
 
 #: the block-linear roles that options may name (``targets = "q,v"``)
@@ -133,21 +132,8 @@ def load_tensors(model: nn.Module, update: dict[str, np.ndarray]) -> None:
 
 METHODS: Registry[type[BaseMethod]] = Registry("method")
 
-M = TypeVar("M", bound=type[BaseMethod])
-
-
-def register_method(name: str, options: type | None = None) -> Callable[[M], M]:
-    """Class decorator: register a method under ``name`` in :data:`METHODS` and, when it has
-    ``options``, declare that dataclass as its ``[method.<name>]`` table."""
-
-    def deco(cls: M) -> M:
-        cls.name = name
-        cls.Options = options
-        if options is not None:
-            register_options("method", name, options)
-        return METHODS.register(name)(cls)
-
-    return deco
+#: ``@register_method("name", NameOptions)``: register a method and its ``[method.<name>]`` table
+register_method = plugin_registrar(METHODS, "method")
 
 
 def freeze_all(model: nn.Module) -> None:

@@ -16,12 +16,12 @@ random, EL2N, GRAPE, GOT-D and the GeMQuAD filter are all selectors, so they com
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from fedft.data.sft import SFTExample
-from fedft.options import register_options
+from fedft.options import plugin_registrar
 from fedft.registry import Registry
 from fedft.selection import Selector as Selector  # noqa: F401  (re-exported)
 
@@ -70,18 +70,5 @@ class Recipe:
 
 RECIPES: Registry[type[Recipe]] = Registry("recipe")
 
-R = TypeVar("R", bound=type[Recipe])
-
-
-def register_recipe(name: str, options: type | None = None) -> Callable[[R], R]:
-    """Class decorator: register a recipe under ``name`` in :data:`RECIPES` and, when it has
-    ``options``, declare that dataclass as its ``[recipe.<name>]`` table."""
-
-    def deco(cls: R) -> R:
-        cls.name = name
-        cls.Options = options
-        if options is not None:
-            register_options("recipe", name, options)
-        return RECIPES.register(name)(cls)
-
-    return deco
+#: ``@register_recipe("name", NameOptions)``: register a recipe and its ``[recipe.<name>]`` table
+register_recipe = plugin_registrar(RECIPES, "recipe")

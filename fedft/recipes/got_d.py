@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import ot
 
 from fedft.data.sft import SFTExample
 from fedft.recipes.base import Recipe, RecipeContext, RecipeResult, register_recipe
@@ -137,6 +136,8 @@ def entropic_ot(pool_emb: np.ndarray, target_emb: np.ndarray, reg: float = 0.1, 
         raise ValueError(f"GOT-D pool and target embeddings differ in width: {x.shape[1]} != {y.shape[1]}")
     if reg <= 0:
         raise ValueError(f"GOT-D reg must be > 0, got {reg}")
+    import ot  # POT, imported here: every config parse loads the recipe modules
+
     cost = np.maximum(ot.dist(x, y, metric="sqeuclidean"), 0.0)
     scale = float(cost.max()) if normalise_cost and cost.max() > 0 else 1.0
     plan, log = ot.sinkhorn(ot.unif(len(x)), ot.unif(len(y)), cost / scale, reg, method="sinkhorn_log",
