@@ -187,7 +187,15 @@ def llm_data(results: Path) -> Iterator[tuple[str, str]]:
     yield from _rebuilt(results / "lm/data_recipes", "llm_data_report", "llm_data.md", ("|", "**Numbers", "**Verdict"))
 
 
-CHECKS: list[Check] = [main_job, paper_full, strategy_compare, overhead, privacy, lm_runs, peft_unit_tests, llm_data]
+def llm_data_studies(results: Path) -> Iterator[tuple[str, str]]:
+    """The GOT-D, GeMQuAD and non-instructional reports' tables and verdicts, rebuilt from their cells."""
+    for study in ("gotd", "gemquad", "noninstr"):
+        yield from _rebuilt(results / f"lm/data_recipes/{study}", f"llm_data_{study}_report", f"llm_data_{study}.md",
+                            ("|", "**Numbers", "**Verdict"))
+
+
+CHECKS: list[Check] = [main_job, paper_full, strategy_compare, overhead, privacy, lm_runs, peft_unit_tests, llm_data,
+                       llm_data_studies]
 
 
 def mismatches(results: Path = RESULTS, reports: Path = REPORTS) -> list[str]:

@@ -171,7 +171,7 @@ def _header(out: Path, opts: Options, pool_size: int | str) -> list[str]:
             "measured once on the held-out articles.", "", f"Verdict rule [D]: {RULE}.", ""]
 
 
-def write_report(out: Path, report: Path | None = None) -> Path:
+def write_report(out: Path, report: Path | None = None, summary_csv: bool = True) -> Path:
     """The markdown report of the cells under ``out`` (and ``summary.csv`` there)."""
     report = report or (REPORT if out.resolve() == RESULTS.resolve() else out / "report.md")
     by = load(out)
@@ -194,7 +194,8 @@ def write_report(out: Path, report: Path | None = None) -> Path:
     lines += ["## Verdicts", "", *verdict_cards(by, differs)]
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("\n".join(lines) + "\n")
-    out.mkdir(parents=True, exist_ok=True)
-    write_summary(out, by)
+    if summary_csv:
+        out.mkdir(parents=True, exist_ok=True)
+        write_summary(out, by)
     print(f"wrote {report} and {out / 'summary.csv'}")
     return report

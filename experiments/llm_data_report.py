@@ -181,6 +181,27 @@ def write_summary(out: Path, studies: dict[str, dict]) -> None:
                     w.writerow([study, c, r["seed"], r["train_examples"], *[r.get(k, "") for k in keys]])
 
 
+OTHER_STUDIES = {"GOT-D": "llm_data_gotd.md", "GeMQuAD": "llm_data_gemquad.md",
+                 "Non-instructional fine-tuning": "llm_data_noninstr.md"}
+
+
+def other_studies(reports: Path) -> list[str]:
+    """A table of the claims and verdicts of the data-recipe studies with their own report (read
+    from the committed reports under ``reports``; a report not yet written is listed as such)."""
+    lines = ["## GOT-D, GeMQuAD and non-instructional fine-tuning", "",
+             "Each has its own runner and report; their verdict cards, as those reports state them:", ""]
+    for study, name in OTHER_STUDIES.items():
+        path = reports / name
+        text = path.read_text().splitlines() if path.is_file() else []
+        claims = [x.removeprefix("**Claim.** ") for x in text if x.startswith("**Claim.**")]
+        verdicts = [x.removeprefix("**Verdict: ").rstrip("*.") for x in text if x.startswith("**Verdict:")]
+        for claim, verdict in zip(claims, verdicts, strict=False):
+            lines.append(f"- {study}: {claim} **{verdict}** ([{name}]({name}))")
+        if not claims:
+            lines.append(f"- {study}: not run yet ([{name}]({name}))")
+    return [*lines, ""]
+
+
 def write_report(out: Path, report: Path | None = None, summary_csv: bool = True) -> Path:
     """The markdown report of every study with cells under ``out``."""
     report = report or (REPORT if out.resolve() == RESULTS.resolve() else out / "report.md")
@@ -203,6 +224,7 @@ def write_report(out: Path, report: Path | None = None, summary_csv: bool = True
                   "What each cell trained on:", "",
                   *_selection_rows(by, study), "", "### Verdicts", "",
                   *(grape_cards(by) if study == "grape" else s3ft_cards(by))]
+    lines += other_studies(report.parent)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("\n".join(lines) + "\n")
     if summary_csv:

@@ -122,6 +122,30 @@ def test_generate_silver_counts_each_stage(monkeypatch):
     assert items == [QAItem(CTX, "Who spoke?", "Richard Parsons", CTX.index("Richard"), "silver/0")]
 
 
+def test_a_prefill_follows_the_prompt_and_is_parsed_with_the_completion(monkeypatch):
+    import fedft.generation as generation
+
+    seen = []
+
+    def fake_generate(model, tok, ids, cfg):
+        seen.extend(ids)
+        return SimpleNamespace(texts=[" Who spoke?\nAnswer: Richard Parsons"] * len(ids))
+
+    class Tok:
+        def __call__(self, text, add_special_tokens=True):
+            assert not add_special_tokens
+            return {"input_ids": [7, 8] if text == "Question:" else [9]}
+
+    monkeypatch.setattr(generation, "generate", fake_generate)
+    monkeypatch.setattr(generation, "chat_prompt_ids", lambda tok, text: [1, 2, 3])
+    items, stats = generate_silver(None, Tok(), [CTX], _item("Friday", question="When?"), progress=False,
+                                   prefill="Question:")
+    assert seen == [[1, 2, 3, 7, 8]]
+    assert stats["parsed"] == 1 and [(it.question, it.answer) for it in items] == [("Who spoke?", "Richard Parsons")]
+    _, unprefixed = generate_silver(None, Tok(), [CTX], _item("Friday", question="When?"), progress=False)
+    assert unprefixed["parsed"] == 0  # the same completion without the prefill has no "Question:" label
+
+
 def test_generate_silver_runs_on_a_tiny_llama():
     from fedft.generation import GenerationConfig
     from fedft.model.tiny import tiny_chat_tokenizer, tiny_task_model
@@ -241,6 +265,8 @@ def test_filter_rounds_keeps_what_the_student_agrees_with_and_logs_precision():
     assert [it.question for it in res.accepted] == ["q0", "q2"] and res.student == 3
     assert trained == [([], gold), (["q0", "q1", "q2", "q4"], gold), (["q0", "q2"], gold)]
     assert [r.get("accepted") for r in res.log] == [None, 4, 2]
+    assert [len(r.get("kept", [])) for r in res.log] == [0, 4, 2]
+    assert [pool[i] for i in res.log[2]["kept"]] == res.accepted
     assert res.log[1]["precision"] == pytest.approx(2 / 3) and res.log[2]["precision"] == 1.0
     assert res.log[1]["pool_precision"] == pytest.approx(2 / 4)
     trained.clear()

@@ -102,24 +102,27 @@ def dedupe(items: Iterable[QAItem]) -> list[QAItem]:
 
 
 def generate_silver(model: Any, tokenizer: Any, passages: Sequence[str], shot: QAItem, gen_cfg: Any = None,
-                    batch_size: int = 8, ignore_case: bool = True, progress: bool = True
+                    batch_size: int = 8, ignore_case: bool = True, progress: bool = True, prefill: str = ""
                     ) -> tuple[list[QAItem], dict[str, int]]:
     """Step 1: one generated (question, answer) per passage, parsed, verbatim-filtered and
     deduplicated; the stats count ``generated``, ``parsed``, ``verbatim`` and ``unique`` items,
-    and ``shot_copies``, parsed questions that repeat the example's (dropped) [D]."""
+    and ``shot_copies``, parsed questions that repeat the example's (dropped) [D]. A ``prefill``
+    (e.g. ``"Question:"``) starts the reply: its tokens follow the prompt, and it is put back in
+    front of the completion before parsing."""
     from tqdm.auto import tqdm
 
     from fedft.generation import GenerationConfig, chat_prompt_ids, generate
 
     cfg = gen_cfg or GenerationConfig(max_new_tokens=64, stop=STOP)
+    lead = [int(i) for i in tokenizer(prefill, add_special_tokens=False)["input_ids"]] if prefill else []
     parsed: list[QAItem] = []
     generated = copies = 0
     for b in tqdm(range(0, len(passages), batch_size), desc="generate", disable=not progress, leave=False):
         chunk = passages[b:b + batch_size]
-        ids = [chat_prompt_ids(tokenizer, qa_prompt(shot, c)) for c in chunk]
+        ids = [chat_prompt_ids(tokenizer, qa_prompt(shot, c)) + lead for c in chunk]
         for j, (c, text) in enumerate(zip(chunk, generate(model, tokenizer, ids, cfg).texts, strict=True)):
             generated += 1
-            qa = parse_qa(text)
+            qa = parse_qa(prefill + text)
             if qa is not None and _squash(qa[0]) == _squash(shot.question):
                 copies += 1
             elif qa is not None:
@@ -176,7 +179,8 @@ def filter_rounds(pool: Sequence[QAItem], gold: Sequence[QAItem], train: Train, 
                   match: Literal["exact", "f1"] = "exact", tau: float = TAU, train_last: bool = True) -> FilterResult:
     """Steps 2-3: M_0 = train([], gold); for k = 1..rounds, S_k = the items of the whole pool
     M_{k-1} agrees with, and M_k = train(S_k, gold) (``train`` starts from the pre-trained
-    checkpoint each time; the last is skipped without ``train_last``)."""
+    checkpoint each time; the last is skipped without ``train_last``). Each round's log entry
+    keeps the pool indices of S_k (``kept``)."""
     pool_precision = precision(pool)
     student = train([], gold)
     log: list[dict[str, Any]] = [{"round": 0, "silver": 0, "gold": len(gold)}]
@@ -185,7 +189,7 @@ def filter_rounds(pool: Sequence[QAItem], gold: Sequence[QAItem], train: Train, 
         keep = StudentFilter(lambda items, s=student: predict(s, items), match, tau).select(pool)
         accepted = [pool[i] for i in keep]
         log.append({"round": k, "pool": len(pool), "accepted": len(accepted), "precision": precision(accepted),
-                    "pool_precision": pool_precision})
+                    "pool_precision": pool_precision, "kept": keep})
         if k < rounds or train_last:
             student = train(accepted, gold)
     return FilterResult(accepted, student, log)
@@ -234,6 +238,7 @@ class GemquadOptions:
     doc_stride: int = DOC_STRIDE  # [D]
     max_answer_len: int = MAX_ANSWER_LEN  # [D] tokens
     max_new_tokens: int = 64  # [D] of the generator
+    prefill: str = "Question:"  # [D] the reply starts with it (a 135M generator rarely keeps the format otherwise)
     ignore_case: bool = True  # [D] verbatim filter: fall back to a case-insensitive match
     gold_sections: str = ""  # [D] comma-separated BBC sections of the gold seed ("" all)
     gold_limit: int = 0  # [D] at most this many gold items (0: all)
@@ -273,7 +278,7 @@ class GemquadRecipe(Recipe):
         passages = list(dict.fromkeys(ex.prompt for ex in pool if ex.prompt not in taken))
         cfg = GenerationConfig(max_new_tokens=o.max_new_tokens, seed=ctx.seed, stop=STOP)
         silver, stats = generate_silver(ctx.model, ctx.tokenizer, passages, gold[0], cfg, ctx.batch_size,
-                                        o.ignore_case)
+                                        o.ignore_case, prefill=o.prefill)
         device = next(ctx.model.parameters()).device
         result = filter_rounds(silver, gold, student_trainer(o, ctx.seed, device), student_predictor(o),
                                o.rounds, o.match, o.tau, train_last=False)
