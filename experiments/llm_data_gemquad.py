@@ -13,9 +13,13 @@ Data (``prepare``, seed 0, cached in ``<out>/data.json``): BBC News articles, de
   half, ``--passages-n`` paragraphs of 200-900 characters: the unlabelled passages.
 
 Silver (once, ``<out>/silver.json``): one greedy (question, answer) per passage from SmolLM2,
-its reply started with "Question:" [D], the one-shot example the gold item with the shortest
-paragraph [D]; parsed, kept when the answer is verbatim in the passage, deduplicated
-(``generate_silver``). Without the prefill, few of SmolLM2's replies keep the format.
+its reply started with "Question:" [D]; parsed, kept when the answer is verbatim in the passage,
+deduplicated (``generate_silver``). The paper prompts a 20B model with one example; SmolLM2-135M
+prompted so (``--generator-epochs 0``, the example the gold item with the shortest paragraph)
+mostly copies the example's question (``silver_oneshot.json``: 136 of 160 replies, 11 silver
+items). So by default [D] the generator is first LoRA-tuned on the gold seed (5 epochs; instruction
+and passage -> "Question: ... Answer: ...") and then prompted without an example: the gold seed
+still is all the labelled data used.
 
 Cells (``<out>/cells/<condition>_seed<k>.json``, seeds 0, 1, 2: the student's head and data order):
 
@@ -32,11 +36,11 @@ the question from the passage?), written after generation and blind to the filte
 the report reads it (absent: no precision). See the report for who labelled and how.
 
 Student: MiniLM-L6 (``BertForQuestionAnswering``; the paper XLM-R base), AdamW lr 1e-4 [D],
-``--epochs`` 10 [D] per step, batch 16, windows of 160 tokens, stride 64 [D] (BBC paragraphs
+``--epochs`` 10 [D] per step, batch 16, windows of 256 tokens, stride 96 [D] (BBC paragraphs
 are short). Epochs and lr were chosen on held-out tech quote items, never on the target test set
 (``experiments/gemquad_student_probe.py``: 32 gold items, 3 epochs at 5e-5 vs 10 at 1e-4).
-Cost [D]: generation ~5 s a passage at one thread (160 passages, 48 new tokens, batches of 8);
-a student step ~3-4 s at one thread; ~40 min of one core in all.
+Cost [D]: generation ~4 s a passage at one thread
+on a busy machine (160 passages, 48 new tokens, batches of 8); a student step ~6 s; ~45 min.
 
     .venv/bin/python experiments/llm_data_gemquad.py --jobs 2      # resumable, then the report
     .venv/bin/python experiments/llm_data_gemquad.py --report-only
@@ -78,11 +82,12 @@ class Options:
     epochs: int = 10  # [D] per student fine-tuning step (chosen on held-out tech items: gemquad_student_probe.py)
     lr: float = 1e-4  # [D] (the same probe)
     batch_size: int = 16  # [D]
-    max_length: int = 160  # [D] longer paragraphs get overlapping windows
-    doc_stride: int = 64  # [D]
+    max_length: int = 256  # [D] longer paragraphs get overlapping windows
+    doc_stride: int = 96  # [D]
     max_new_tokens: int = 48  # [D] of the generator
     gen_batch: int = 8  # [D]
     prefill: str = "Question:"  # [D] the reply starts with it (GemquadOptions.prefill)
+    generator_epochs: int = 5  # [D] LoRA SFT of the generator on the gold seed first (0: one-shot only [paper])
     threads: int = 0
     out: str = str(RESULTS)
 
@@ -95,6 +100,7 @@ OPTION_HELP = {
     "batch_size": "student batch", "max_length": "student window tokens", "doc_stride": "window overlap tokens",
     "max_new_tokens": "generated tokens per passage", "gen_batch": "generation batch",
     "prefill": "text the generated reply starts with",
+    "generator_epochs": "epochs of LoRA SFT of the generator on the gold seed (0: the paper's one-shot prompt)",
     "threads": "torch threads per process (0 = torch's default; 1 per cell with --jobs > 1)",
     "out": "output directory (data, silver, cells, summary.csv)"}
 
@@ -161,30 +167,66 @@ def qa_items(rows: list[dict[str, Any]]) -> list[Any]:
     return [QAItem(**r) for r in rows]
 
 
-def build_generator(opts: Options) -> tuple[Any, Any]:
-    """The generator LM and its tokenizer (tests replace this)."""
-    from fedft.generation import load_for_generation
+def generator_overrides(opts: Options) -> list[str]:
+    return [f"model.name={opts.model}", "model.task=causal_lm", "data.name=chatterbot-sft", "data.train_size=0",
+            "data.val_size=0", "data.test_size=0", "data.max_length=320", "federation.strategy=central",
+            "method.name=lora", "method.lora.rank=16", "method.lora.alpha=32", "method.lora.dropout=0.05",
+            "method.lora.targets=q,v", "train.optimizer=adamw", "train.lr=5e-4", "train.weight_decay=0.0",
+            "train.schedule=constant", "train.batch_size=4", "train.eval_batch_size=4",  # [D] ~4 GB, not 7
+            f"train.epochs={max(opts.generator_epochs, 1)}", "train.precision=auto", f"train.threads={opts.threads}",
+            f"seed={POOL_SEED}"]
 
-    return load_for_generation(model_name=opts.model)
+
+def build_generator(opts: Options) -> tuple[Any, Any, Any]:
+    """The generator LM (LoRA at identity on q, v), its tokenizer and config (tests replace this)."""
+    from fedft.config import ExperimentConfig
+    from fedft.model.build import build_model
+
+    cfg = ExperimentConfig.from_overrides(generator_overrides(opts))
+    model, _, tok = build_model(cfg, num_labels=0)
+    return model, tok, cfg
+
+
+def tune_generator(model: Any, tok: Any, cfg: Any, gold: list[Any]) -> dict[str, Any]:
+    """LoRA SFT of the generator on the gold seed: (instruction + passage, no example) -> its
+    question and answer [D] (the paper prompts a 20B model in context; a 135M one copies the
+    example instead, see ``silver_oneshot.json``)."""
+    import torch
+    from study_cells import train_split
+
+    from fedft.data.sft import SFTExample, tokenize
+    from fedft.data.sft_data import SFTSplit
+    from fedft.recipes.gemquad import qa_prompt, qa_reply
+    from fedft.train import seed_everything
+
+    items = [tokenize(SFTExample(qa_prompt(None, it.context), qa_reply(it)), tok, cfg.data.max_length) for it in gold]
+    split = SFTSplit(items, torch.zeros(len(items), dtype=torch.long), tok.pad_token_id or 0)
+    loss, seconds, steps = train_split(model, cfg, split, seed_everything(POOL_SEED), "generator")
+    return {"loss": loss, "seconds": seconds, "steps": steps, "examples": len(items)}
 
 
 def make_silver(data: dict[str, Any], opts: Options) -> dict[str, Any]:
-    """Step 1 of GeMQuAD on the target passages, greedy, with the gold seed's first item as the shot."""
+    """Step 1 of GeMQuAD on the target passages, greedy: one-shot (the gold item with the
+    shortest paragraph as the example) with ``--generator-epochs 0`` [paper]; else zero-shot
+    after :func:`tune_generator` [D]."""
     from fedft.generation import GenerationConfig
     from fedft.recipes.gemquad import STOP, generate_silver
 
-    model, tok = build_generator(opts)
+    model, tok, cfg = build_generator(opts)
+    gold = qa_items(data["gold"])
+    tuned = tune_generator(model, tok, cfg, gold) if opts.generator_epochs else None
     t0 = time.perf_counter()
-    cfg = GenerationConfig(max_new_tokens=opts.max_new_tokens, seed=POOL_SEED, stop=STOP)
-    shot = min(qa_items(data["gold"]), key=lambda it: len(it.context))  # [D] the shortest prompt
-    silver, stats = generate_silver(model.eval(), tok, data["passages"], shot, cfg, opts.gen_batch,
+    gen = GenerationConfig(max_new_tokens=opts.max_new_tokens, seed=POOL_SEED, stop=STOP)
+    shot = None if tuned else min(gold, key=lambda it: len(it.context))  # [D] the shortest prompt
+    silver, stats = generate_silver(model.eval(), tok, data["passages"], shot, gen, opts.gen_batch,
                                     prefill=opts.prefill)
-    return {"key": silver_key(opts), "stats": stats, "seconds": time.perf_counter() - t0, "shot": asdict(shot),
-            "items": [asdict(x) for x in silver]}
+    return {"key": silver_key(opts), "stats": stats, "seconds": time.perf_counter() - t0, "generator": tuned,
+            "shot": asdict(shot) if shot else None, "items": [asdict(x) for x in silver]}
 
 
 def silver_key(opts: Options) -> dict[str, Any]:
-    return {**data_key(opts), "model": opts.model, "max_new_tokens": opts.max_new_tokens, "prefill": opts.prefill}
+    return {**data_key(opts), "model": opts.model, "max_new_tokens": opts.max_new_tokens, "prefill": opts.prefill,
+            "generator_epochs": opts.generator_epochs}
 
 
 def _check(cached: dict[str, Any], key: dict[str, Any], path: Path) -> None:

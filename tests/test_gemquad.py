@@ -377,3 +377,12 @@ def test_the_recipe_end_to_end_with_the_real_student(monkeypatch):
     assert r["generation"]["generated"] == 4 and r["generation"]["unique"] == 4 and r["gold"] == 2
     assert [e["round"] for e in r["rounds"]] == [0, 1] and r["rounds"][1]["pool"] == 4
     assert len(result.examples) == r["silver"] + 2 and result.examples[-1].response == seed[1].answer
+
+
+def test_without_an_example_the_prompt_is_the_instruction_and_the_passage_and_the_reply_parses():
+    from fedft.recipes.gemquad import INSTRUCTION, qa_prompt, qa_reply
+
+    item = _item("Richard Parsons", question="Who spoke?")
+    assert qa_prompt(None, CTX) == f"{INSTRUCTION}\n\nPassage: {CTX}"
+    assert "Who spoke?" not in qa_prompt(None, CTX) and "Who spoke?" in qa_prompt(item, "Other text.")
+    assert parse_qa(qa_reply(item)) == ("Who spoke?", "Richard Parsons")

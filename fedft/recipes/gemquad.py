@@ -44,10 +44,18 @@ Train = Callable[[Sequence[QAItem], Sequence[QAItem]], Any]  # (silver, gold) ->
 Predict = Callable[[Any, Sequence[QAItem]], Sequence[Prediction]]  # (student, items) -> spans
 
 
-def qa_prompt(shot: QAItem, passage: str) -> str:
-    """The one-shot generation prompt: the instruction, the gold example, the new passage."""
+def qa_prompt(shot: QAItem | None, passage: str) -> str:
+    """The one-shot generation prompt: the instruction, the gold example, the new passage (no
+    example when ``shot`` is None: for a generator fine-tuned on such prompts)."""
+    if shot is None:
+        return f"{INSTRUCTION}\n\nPassage: {passage}"
     return (f"{INSTRUCTION}\n\nPassage: {shot.context}\nQuestion: {shot.question}\nAnswer: {shot.answer}"
             f"\n\nPassage: {passage}")
+
+
+def qa_reply(item: QAItem) -> str:
+    """What the generator should write for ``item``: the format :func:`parse_qa` reads."""
+    return f"Question: {item.question}\nAnswer: {item.answer}"
 
 
 def _unquote(text: str) -> str:
@@ -101,7 +109,7 @@ def dedupe(items: Iterable[QAItem]) -> list[QAItem]:
     return out
 
 
-def generate_silver(model: Any, tokenizer: Any, passages: Sequence[str], shot: QAItem, gen_cfg: Any = None,
+def generate_silver(model: Any, tokenizer: Any, passages: Sequence[str], shot: QAItem | None, gen_cfg: Any = None,
                     batch_size: int = 8, ignore_case: bool = True, progress: bool = True, prefill: str = ""
                     ) -> tuple[list[QAItem], dict[str, int]]:
     """Step 1: one generated (question, answer) per passage, parsed, verbatim-filtered and
@@ -123,7 +131,7 @@ def generate_silver(model: Any, tokenizer: Any, passages: Sequence[str], shot: Q
         for j, (c, text) in enumerate(zip(chunk, generate(model, tokenizer, ids, cfg).texts, strict=True)):
             generated += 1
             qa = parse_qa(prefill + text)
-            if qa is not None and _squash(qa[0]) == _squash(shot.question):
+            if qa is not None and shot is not None and _squash(qa[0]) == _squash(shot.question):
                 copies += 1
             elif qa is not None:
                 parsed.append(QAItem(c, qa[0], qa[1], -1, f"silver/{b + j}"))
