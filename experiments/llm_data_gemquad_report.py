@@ -23,8 +23,10 @@ METRICS = {"em": ("target exact match (%)", ".1f", True), "f1": ("target token F
            "silver": ("silver items trained on", ".0f", False), "gold_fit": ("gold seed EM (fit, %)", ".1f", True),
            "train_s": ("student training + evaluation s", ".0f", False)}
 DIFFERS = ("The paper generates with AlexaTM 20B (1-shot) from MLQA/XQuAD contexts, filters with an XLM-R "
-           "base student and evaluates on MLQA and XQuAD in several languages. Here: SmolLM2-135M-Instruct "
-           "generates greedily from {passages} BBC business and politics paragraphs; the student is MiniLM-L6 "
+           "base student and evaluates on MLQA and XQuAD in several languages. Here: SmolLM2-135M-Instruct, "
+           "which copies a one-shot example instead of following it, is LoRA-tuned on the gold seed and then "
+           "generates greedily, without an example, from {passages} BBC business and politics paragraphs; the "
+           "student is MiniLM-L6 "
            "(not pre-trained for QA); the gold seed is {gold} quote-attribution items from BBC tech, and the "
            "target test set {eval} quote-attribution items from other business and politics articles, so "
            "the test asks one question type (who said it) while the silver data asks whatever the generator "
@@ -188,5 +190,5 @@ def write_report(out: Path, report: Path | None = None, summary_csv: bool = True
     report.write_text("\n".join(lines) + "\n")
     if summary_csv:
         write_summary(out, by)
-    print(f"wrote {report} and {out / 'summary.csv'}")
+        print(f"wrote {report} and {out / 'summary.csv'}")
     return report

@@ -197,5 +197,5 @@ def write_report(out: Path, report: Path | None = None, summary_csv: bool = True
     if summary_csv:
         out.mkdir(parents=True, exist_ok=True)
         write_summary(out, by)
-    print(f"wrote {report} and {out / 'summary.csv'}")
+        print(f"wrote {report} and {out / 'summary.csv'}")
     return report
