@@ -138,8 +138,9 @@ def verdict_cards(by: dict, rounds: list[dict[str, Any]], flags: list[bool | Non
     parts = [judge([d], True) for d in diffs.values()]
     nums = "; ".join(f"{a} - {b} {m.upper()}: {fmt(d, '+.1f')}" for (a, b, m), d in diffs.items())
     lines = ["### Filtered > unfiltered > gold-only", "",
-             *card("On the target domain, the student trained on filtered silver + gold beats the one trained on "
-                   "all silver + gold, which beats gold only (EM and F1).", differs, nums, combine(parts), COMMAND),
+             *card("On the target domain, the student trained on filtered silver + gold is at least as good as the "
+                   "one trained on all silver + gold, which is at least as good as gold only (EM and F1) [paper: "
+                   "filtered > unfiltered > gold-only].", differs, nums, combine(parts), COMMAND),
              "### Filter precision", "", *precision_card(rounds, flags, differs)]
     acc = {1: [], 2: []}
     for r in rounds:
