@@ -60,7 +60,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from study_cells import ROOT, add_option_flags, json_cache, option_args, options_from, run_cells, write_json
+from study_cells import (
+    ROOT,
+    add_option_flags,
+    json_cache,
+    lora_overrides,
+    option_args,
+    options_from,
+    run_cells,
+    write_json,
+)
 
 RESULTS = ROOT / "experiments/results/lm/data_recipes/gemquad"
 CONDITIONS = ("filtered", "unfiltered")
@@ -168,13 +177,8 @@ def qa_items(rows: list[dict[str, Any]]) -> list[Any]:
 
 
 def generator_overrides(opts: Options) -> list[str]:
-    return [f"model.name={opts.model}", "model.task=causal_lm", "data.name=chatterbot-sft", "data.train_size=0",
-            "data.val_size=0", "data.test_size=0", "data.max_length=320", "federation.strategy=central",
-            "method.name=lora", "method.lora.rank=16", "method.lora.alpha=32", "method.lora.dropout=0.05",
-            "method.lora.targets=q,v", "train.optimizer=adamw", "train.lr=5e-4", "train.weight_decay=0.0",
-            "train.schedule=constant", "train.batch_size=4", "train.eval_batch_size=4",  # [D] ~4 GB, not 7
-            f"train.epochs={max(opts.generator_epochs, 1)}", "train.precision=auto", f"train.threads={opts.threads}",
-            f"seed={POOL_SEED}"]
+    return lora_overrides(opts.model, "chatterbot-sft", POOL_SEED, lr=5e-4, batch_size=4,  # [D] batch 4: ~4 GB, not 7
+                          epochs=max(opts.generator_epochs, 1), max_length=320, threads=opts.threads)
 
 
 def build_generator(opts: Options) -> tuple[Any, Any, Any]:

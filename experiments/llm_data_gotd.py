@@ -61,6 +61,7 @@ from study_cells import (
     ROOT,
     add_option_flags,
     json_cache,
+    lora_overrides,
     option_args,
     options_from,
     run_cells,
@@ -136,13 +137,8 @@ def cell_path(out: Path, selector: str, budget: int, seed: int) -> Path:
 
 
 def overrides(seed: int, opts: Options) -> list[str]:
-    return [f"model.name={opts.model}", "model.task=causal_lm", "data.name=chatterbot-sft",
-            f"data.max_length={opts.max_length}", "data.train_size=0", "data.val_size=0", "data.test_size=0",
-            "federation.strategy=central", "method.name=lora", "method.lora.rank=16", "method.lora.alpha=32",
-            "method.lora.dropout=0.05", "method.lora.targets=q,v", "train.optimizer=adamw", f"train.lr={opts.lr}",
-            "train.weight_decay=0.0", "train.schedule=constant", f"train.batch_size={opts.batch_size}",
-            f"train.eval_batch_size={opts.batch_size}", f"train.epochs={opts.epochs}", "train.precision=auto",
-            f"train.threads={opts.threads}", f"seed={seed}"]
+    return lora_overrides(opts.model, "chatterbot-sft", seed, lr=opts.lr, batch_size=opts.batch_size,
+                          epochs=opts.epochs, max_length=opts.max_length, threads=opts.threads)
 
 
 def build(cfg: Any) -> tuple[Any, Any]:

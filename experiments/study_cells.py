@@ -120,3 +120,15 @@ def fmt_interval(iv: tuple[int, float, float, float], f: str) -> str:
     if n == 0:
         return "—"
     return f"{mean:{f}}" if math.isnan(lo) else f"{mean:{f}} [{lo:{f}}, {hi:{f}}]"
+
+
+def lora_overrides(model: str, data: str, seed: int, *, lr: float, batch_size: int, epochs: int, max_length: int,
+                   threads: int) -> list[str]:
+    """The config overrides the SmolLM2 studies share: a central run of ``model`` as a causal LM
+    with LoRA r 16 / alpha 32 / dropout 0.05 on q, v, AdamW at a constant ``lr``, bf16 where native."""
+    return [f"model.name={model}", "model.task=causal_lm", f"data.name={data}", f"data.max_length={max_length}",
+            "data.train_size=0", "data.val_size=0", "data.test_size=0", "federation.strategy=central",
+            "method.name=lora", "method.lora.rank=16", "method.lora.alpha=32", "method.lora.dropout=0.05",
+            "method.lora.targets=q,v", "train.optimizer=adamw", f"train.lr={lr}", "train.weight_decay=0.0",
+            "train.schedule=constant", f"train.batch_size={batch_size}", f"train.eval_batch_size={batch_size}",
+            f"train.epochs={epochs}", "train.precision=auto", f"train.threads={threads}", f"seed={seed}"]
