@@ -145,10 +145,14 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 def plugin_kinds() -> dict[str, Any]:
     """Every kind of fine-tuning plugin and its registry (what ``fedft methods`` lists)."""
+    from fedft.decoding import DECODERS
+    from fedft.evals import EVALUATIONS
+    from fedft.losses import LOSSES
     from fedft.methods import METHODS
     from fedft.recipes import RECIPES
 
-    return {"parameter method": METHODS, "data recipe": RECIPES}
+    return {"parameter method": METHODS, "data recipe": RECIPES, "loss": LOSSES, "decoding method": DECODERS,
+            "evaluation": EVALUATIONS}
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -179,10 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_privacy(sub)
     _add_assets(sub)
-    m = sub.add_parser("methods", help="list the fine-tuning methods (parameter methods, data recipes)",
+    m = sub.add_parser("methods", help="list the fine-tuning plugins (methods, recipes, losses, decoders, evaluations)",
                        description="List the registered fine-tuning plugins: name, kind and a one-line "
-                       "description. Parameter methods are selected by method.name, data recipes by recipe.name.")
-    m.add_argument("--kind", help="only this kind ('parameter method' or 'data recipe')")
+                       "description. Parameter methods are selected by method.name, data recipes by recipe.name, "
+                       "losses by train.loss; decoding methods and evaluations are run by their commands "
+                       "(docs/decoding.md, docs/evaluations.md).")
+    m.add_argument("--kind", help="only this kind: 'parameter method', 'data recipe', 'loss', "
+                                  "'decoding method' or 'evaluation'")
     m.set_defaults(fn=cmd_methods)
 
     from fedft.deploy import add_deploy_parser

@@ -23,7 +23,8 @@ PluginOptions = tuple[tuple[str, Any], ...]
 
 # The packages whose modules register plugins; imported on the first look-up (not at import of
 # fedft.config, which the plugin modules themselves import).
-PLUGIN_PACKAGES = ("fedft.methods", "fedft.strategies", "fedft.federated.aggregators", "fedft.recipes")
+PLUGIN_PACKAGES = ("fedft.methods", "fedft.strategies", "fedft.federated.aggregators", "fedft.recipes",
+                   "fedft.losses", "fedft.decoding", "fedft.evals")
 
 
 def register_options(section: str, name: str, cls: type, selected_by: tuple[str, ...] = ()) -> None:

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from fedft.data.sft import IGNORE
+from fedft.losses.base import Loss, register_loss
 
 Mode = Literal["token", "sample", "task", "task_sample", "focal"]
 MODES: tuple[str, ...] = ("token", "sample", "task", "task_sample", "focal")
@@ -76,3 +77,19 @@ class MultiTaskLoss:
                          else per_sample_mean[sel].mean())
             total, weight = total + w * task_loss, weight + w
         return total / weight
+
+
+@dataclass(frozen=True)
+class MFTCoderOptions:
+    mode: Mode = "task"  # [code] MFTCoder's default (case3)
+    alpha: float = 1.0  # focal
+    gamma: float = 2.0  # focal
+
+
+@register_loss("mftcoder", MFTCoderOptions)
+class MFTCoderLoss(Loss):
+    description = "multi-task SFT loss keyed on task id (token / sample / task / task_sample / focal)"
+
+    def __call__(self, logits: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        o = self.options
+        return MultiTaskLoss(o.mode, alpha=o.alpha, gamma=o.gamma)(logits, batch["labels"], batch["task_ids"])

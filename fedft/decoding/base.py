@@ -1,27 +1,29 @@
-"""Decoding-time combination of several models' next-token distributions (the ``LogitCombiner``
-interface of EFT and Transfer Q*), on the step-wise interface of :mod:`fedft.generation`.
+"""Decoding methods: the plugin interface and registry, and the combination of several models'
+next-token distributions (the ``LogitCombiner`` interface of EFT and Transfer Q*), on the
+step-wise interface of :mod:`fedft.generation`.
+
+A decoding method changes how a model's text is produced, not its weights. It registers itself
+with :func:`register_decoder` (which also declares its ``[decoding.<name>]`` options table),
+names the models it needs by role (``roles``: for EFT the large base, the small fine-tuned model
+and the small reference), and implements ``generate(models, tokenizer, prompts, cfg)``.
 
 A combiner maps the per-model next-token log-probabilities of one step, ``{name: (B, V)}``, to
 the (B, V) logits to sample from. :func:`generate_combined` prefills every model with the same
 prompts, then at every step combines, picks one token per row (greedy or seeded sampling, as
 :func:`fedft.generation.generate`), and feeds it to every model's KV cache.
-
-:class:`EFT` is emulated fine-tuning (Mitchell et al., ICLR 2024), per token:
-``log p(v) = log p_base(v) + lam * (log p_ft(v) - log p_ref(v))``, normalised. With a large
-base and a small fine-tuned/reference pair it is up-scaling; ``lam = 1`` is exact emulation
-[paper]; the models must share the tokenizer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
 from fedft.generation import Generation, GenerationConfig, _decode, prefill, step
 from fedft.model.task import TaskModel
+from fedft.options import plugin_registrar
+from fedft.registry import Registry
 
 
 class LogitCombiner(Protocol):
@@ -30,18 +32,6 @@ class LogitCombiner(Protocol):
     names: tuple[str, ...]  # the models it needs
 
     def __call__(self, logprobs: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class EFT:
-    """Emulated fine-tuning: base + lam * (ft - ref), in log-probability space."""
-
-    lam: float = 1.0  # [paper] 1 = exact emulation; other values rescale the behaviour delta
-    names: tuple[str, ...] = ("base", "ft", "ref")
-
-    def __call__(self, logprobs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        base, ft, ref = (logprobs[n] for n in self.names)
-        return torch.log_softmax(base + self.lam * (ft - ref), dim=-1)
 
 
 def generate_combined(models: Mapping[str, TaskModel], combiner: LogitCombiner, tokenizer: Any,
@@ -76,3 +66,27 @@ def generate_combined(models: Mapping[str, TaskModel], combiner: LogitCombiner, 
     finally:
         for n, m in models.items():
             m.train(was[n])
+
+
+class DecodingMethod:
+    """Base class of a decoding plugin: ``generate(models, tokenizer, prompts, cfg)`` with one
+    model per role in ``roles`` (all sharing ``tokenizer``)."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    kind: ClassVar[str] = "decoding method"
+    roles: ClassVar[tuple[str, ...]] = ()
+    Options: ClassVar[type | None] = None
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else (self.Options() if self.Options else None)
+
+    def generate(self, models: Mapping[str, TaskModel], tokenizer: Any, prompts: Sequence[Sequence[int]],
+                 cfg: GenerationConfig | None = None) -> Generation:
+        raise NotImplementedError
+
+
+DECODERS: Registry[type[DecodingMethod]] = Registry("decoding method")
+
+#: ``@register_decoder("name", NameOptions)``: register a decoding method and its ``[decoding.<name>]`` table
+register_decoder = plugin_registrar(DECODERS, "decoding")
