@@ -1,8 +1,7 @@
 """Decoding methods, one module each, registered in :data:`DECODERS`."""
 
 from fedft.decoding import eft as eft  # noqa: F401
-from fedft.decoding.base import (DECODERS, DecodingMethod, LogitCombiner, generate_combined,
-                                 register_decoder)
+from fedft.decoding.base import DECODERS, DecodingMethod, LogitCombiner, generate_combined, register_decoder
 from fedft.decoding.eft import EFT
 
 __all__ = ["DECODERS", "EFT", "DecodingMethod", "LogitCombiner", "generate_combined", "register_decoder"]
