@@ -29,20 +29,21 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from study_cells import (
     ROOT,
     add_option_flags,
+    add_study_flags,
+    finish_study,
     json_cache,
     lora_overrides,
     option_args,
     options_from,
-    run_cells,
+    spawn_cells,
     train_split,
     write_json,
 )
@@ -292,18 +293,12 @@ def cells(study: str, conditions: list[str], seeds: list[int]) -> list[tuple[str
 def run_study(opts: Options, todo: list[tuple[str, str, int]], force: bool, jobs: int = 1) -> list[str]:
     """Every cell without a JSON (all with ``force``), each in its own process, ``jobs`` at a time
     (another runner on the same directory skips the cells this one holds)."""
-    if opts.threads:  # the preparation runs here: two spinning thread pools on 2 shared cores crawl
-        import torch
+    def prepare_all(o: Options) -> None:
+        for study in sorted({t[0] for t in todo}):
+            prepare(study, o)  # once, before any cell reads it
 
-        torch.set_num_threads(opts.threads)
-    for study in sorted({t[0] for t in todo}):
-        prepare(study, opts)  # once, before any cell reads it
-    if jobs > 1 and not opts.threads:
-        opts = replace(opts, threads=1)
-    todo = [c for c in todo if force or not cell_path(Path(opts.out), *c).is_file()]
-    script = str(Path(__file__).resolve())
-    return run_cells([(f"{st} {c} seed {s}", [sys.executable, script, "--cell", st, c, str(s), *option_args(opts)])
-                      for st, c, s in todo], jobs, None if force else [cell_path(Path(opts.out), *c) for c in todo])
+    return spawn_cells(str(Path(__file__).resolve()), opts, todo, force, jobs,
+                       lambda st, c, s: cell_path(Path(opts.out), st, c, s), prepare_all)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -313,9 +308,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", nargs=3, metavar=("STUDY", "CONDITION", "SEED"), help="run one cell in this process")
     p.add_argument("--conditions", help="comma-separated conditions (default: all of the study)")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds of the trained cells (0,1,2)")
-    p.add_argument("--force", action="store_true", help="rerun cells whose JSON exists")
-    p.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process (default 1)")
-    p.add_argument("--report-only", action="store_true", help="only write the report from existing JSONs")
+    add_study_flags(p)
     add_option_flags(p, Options)
     return p
 
@@ -344,8 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = run_study(opts, cells(a.study, conds, [int(s) for s in a.seeds.split(",")]), a.force, a.jobs)
     from llm_data_report import write_report
 
-    write_report(out)
-    return 1 if failed else 0
+    return finish_study(write_report, out, failed)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -60,11 +59,13 @@ from typing import Any
 from study_cells import (
     ROOT,
     add_option_flags,
+    add_study_flags,
+    finish_study,
     json_cache,
     lora_overrides,
     option_args,
     options_from,
-    run_cells,
+    spawn_cells,
     train_split,
     write_json,
 )
@@ -415,18 +416,8 @@ def run_cell(selector: str, budget: int, seed: int, opts: Options) -> dict[str, 
 def run_study(opts: Options, todo: list[tuple[str, int, int]], force: bool, jobs: int = 1) -> list[str]:
     """Every cell without a JSON (all with ``force``), each in its own process, ``jobs`` at a time,
     the most expensive (largest budget) first."""
-    if opts.threads:
-        import torch
-
-        torch.set_num_threads(opts.threads)
-    prepare(opts)  # once, before any cell reads it
-    if jobs > 1 and not opts.threads:
-        opts = replace(opts, threads=1)  # two spinning thread pools on 2 shared cores crawl
-    todo = sorted((c for c in todo if force or not cell_path(Path(opts.out), *c).is_file()), key=lambda c: -c[1])
-    script = str(Path(__file__).resolve())
-    return run_cells([(f"{condition(sel, b)} seed {s}", [sys.executable, script, "--cell", sel, str(b), str(s),
-                                                          *option_args(opts)]) for sel, b, s in todo], jobs,
-                     None if force else [cell_path(Path(opts.out), *c) for c in todo])
+    return spawn_cells(str(Path(__file__).resolve()), opts, sorted(todo, key=lambda c: -c[1]), force, jobs,
+                       lambda sel, b, s: cell_path(Path(opts.out), sel, b, s), prepare)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -438,9 +429,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--selectors", default=",".join((*CONTROLS, *SELECTORS)),
                    help="comma-separated conditions to run (default: all)")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds of the trained cells (0,1,2); base runs seed 0 only")
-    p.add_argument("--force", action="store_true", help="rerun cells whose JSON exists")
-    p.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process (default 1)")
-    p.add_argument("--report-only", action="store_true", help="only write the report from existing JSONs")
+    add_study_flags(p)
     add_option_flags(p, Options, OPTION_HELP)
     return p
 
@@ -479,10 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = run_study(opts, todo, a.force, a.jobs)
     from llm_data_gotd_report import write_report
 
-    write_report(Path(opts.out))
-    if failed:
-        print(f"failed cells: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    return finish_study(write_report, Path(opts.out), failed)
 
 
 if __name__ == "__main__":

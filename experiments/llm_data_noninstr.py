@@ -39,20 +39,21 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from study_cells import (
     add_option_flags,
+    add_study_flags,
+    finish_study,
     json_cache,
     lora_overrides,
     option_args,
     options_from,
-    run_cells,
+    spawn_cells,
     write_json,
 )
 
@@ -289,20 +290,8 @@ def run_cell(condition: str, seed: int, opts: Options) -> dict[str, Any]:
 
 def run_study(opts: Options, todo: list[tuple[str, int]], force: bool, jobs: int = 1) -> list[str]:
     """Every cell without a JSON (all with ``force``), each in its own process, ``jobs`` at a time."""
-    if opts.threads:
-        import torch
-
-        torch.set_num_threads(opts.threads)
-    t0 = time.perf_counter()
-    prepare(opts)  # once, before any cell reads it
-    print(f"data ready in {time.perf_counter() - t0:.0f} s", flush=True)
-    if jobs > 1 and not opts.threads:
-        opts = replace(opts, threads=1)  # two spinning thread pools on 2 shared cores crawl
-    out = Path(opts.out)
-    todo = [c for c in todo if force or not cell_path(out, *c).is_file()]
-    script = str(Path(__file__).resolve())
-    return run_cells([(f"{c} seed {s}", [sys.executable, script, "--cell", c, str(s), *option_args(opts)])
-                      for c, s in todo], jobs, None if force else [cell_path(out, *c) for c in todo])
+    return spawn_cells(str(Path(__file__).resolve()), opts, todo, force, jobs,
+                       lambda c, s: cell_path(Path(opts.out), c, s), prepare)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -312,9 +301,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"run one cell in this process (condition: {', '.join(CONDITIONS)})")
     p.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated conditions (default: all)")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds of the trained cells (0,1,2); base runs seed 0")
-    p.add_argument("--force", action="store_true", help="rerun cells whose JSON exists")
-    p.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process (default 1)")
-    p.add_argument("--report-only", action="store_true", help="only write the report from existing JSONs")
+    add_study_flags(p)
     add_option_flags(p, Options, OPTION_HELP)
     return p
 
@@ -343,10 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = run_study(opts, cells(conds, [int(s) for s in a.seeds.split(",")]), a.force, a.jobs)
     from llm_data_noninstr_report import write_report
 
-    write_report(Path(opts.out))
-    if failed:
-        print(f"failed cells: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    return finish_study(write_report, Path(opts.out), failed)
 
 
 if __name__ == "__main__":

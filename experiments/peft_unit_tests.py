@@ -40,10 +40,11 @@ from typing import Any
 from study_cells import (
     ROOT,
     add_option_flags,
+    add_study_flags,
     json_cache,
     option_args,
     options_from,
-    run_cells,
+    spawn_cells,
     train_split,
     write_json,
 )
@@ -298,15 +299,8 @@ def cells(methods: list[str], seeds: list[int]) -> list[tuple[str, int]]:
 def run_study(opts: Options, todo: list[tuple[str, int]], force: bool, jobs: int = 1) -> list[str]:
     """Every cell without a JSON (all with ``force``), each in its own process, ``jobs`` at a time
     (each with ``threads`` torch threads, 1 when unset and jobs > 1); failures listed."""
-
-
-    prepare(opts)  # mutants and the forgetting sample, once, before any cell reads them
-    if jobs > 1 and not opts.threads:
-        opts = replace(opts, threads=1)
-    todo = [(m, s) for m, s in todo if force or not cell_path(Path(opts.out), m, s).is_file()]
-    script = str(Path(__file__).resolve())
-    return run_cells([(f"{m} seed {s}", [sys.executable, script, "--cell", m, str(s), *option_args(opts)])
-                      for m, s in todo], jobs)
+    return spawn_cells(str(Path(__file__).resolve()), opts, todo, force, jobs,
+                       lambda m, s: cell_path(Path(opts.out), m, s), prepare)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -315,9 +309,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", nargs=2, metavar=("METHOD", "SEED"), help="run one cell in this process")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated cells to run (default: all)")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds of the trained cells (0,1,2)")
-    p.add_argument("--force", action="store_true", help="rerun cells whose JSON exists")
-    p.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process (default 1)")
-    p.add_argument("--report-only", action="store_true", help="only write the report from existing JSONs")
+    add_study_flags(p)
     p.add_argument("--report", type=Path, help="report path (default: experiments/reports/"
                    "llm_peft_unit_tests.md for the default --out, else <out>/report.md)")
     add_option_flags(p, Options)

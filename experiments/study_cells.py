@@ -1,5 +1,6 @@
-"""What the cell-based studies share (peft_unit_tests.py, llm_data.py): atomic JSON files,
-one training loop over an SFT split, and the pool that runs each cell in its own subprocess."""
+"""What the cell-based studies share (peft_unit_tests.py, llm_data*.py, llm_*.py): atomic JSON
+files, one training loop over an SFT split, the pool that runs each cell in its own subprocess,
+and the command-line scaffolding of a study (``--cell``, ``--force``, ``--jobs``, ``--report-only``)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import json
 import math
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +134,43 @@ def lora_overrides(model: str, data: str, seed: int, *, lr: float, batch_size: i
             "method.lora.targets=q,v", "train.optimizer=adamw", f"train.lr={lr}", "train.weight_decay=0.0",
             "train.schedule=constant", f"train.batch_size={batch_size}", f"train.eval_batch_size={batch_size}",
             f"train.epochs={epochs}", "train.precision=auto", f"train.threads={threads}", f"seed={seed}"]
+
+
+def spawn_cells(script: str, opts: Any, todo: list[tuple[Any, ...]], force: bool, jobs: int,
+                path_of: Callable[..., Path] | None, prepare: Callable[[Any], Any] | None = None) -> list[str]:
+    """Run ``script --cell *cell`` for every cell of ``todo`` without a result (all with ``force``),
+    each in its own process, ``jobs`` at a time; the labels of the cells that failed.
+
+    ``prepare(opts)`` runs first, once, in this process (the data every cell reads). With ``jobs``
+    > 1 and no ``threads`` set, each cell gets 1 torch thread: two spinning thread pools on 2
+    shared cores crawl. ``path_of(*cell)`` is a cell's result file (None: no skipping, no locks)."""
+    if opts.threads:
+        import torch
+
+        torch.set_num_threads(opts.threads)
+    if prepare is not None:
+        t0 = time.perf_counter()
+        prepare(opts)
+        print(f"data ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    if jobs > 1 and not opts.threads:
+        opts = replace(opts, threads=1)
+    todo = [c for c in todo if force or path_of is None or not path_of(*c).is_file()]
+    commands = [(" ".join(map(str, c)), [sys.executable, script, "--cell", *map(str, c), *option_args(opts)])
+                for c in todo]
+    outputs = None if force or path_of is None else [path_of(*c) for c in todo]
+    return run_cells(commands, jobs, outputs)
+
+
+def add_study_flags(parser: Any) -> None:
+    """The flags every study shares: --force, --jobs, --report-only."""
+    parser.add_argument("--force", action="store_true", help="rerun cells whose JSON exists")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process (default 1)")
+    parser.add_argument("--report-only", action="store_true", help="only write the report from existing JSONs")
+
+
+def finish_study(write_report: Callable[[Path], Any], out: Path, failed: list[str]) -> int:
+    """Write the report from the cells on disk; exit status 1 when cells failed (listed)."""
+    write_report(out)
+    if failed:
+        print(f"failed cells: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
