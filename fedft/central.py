@@ -21,6 +21,7 @@ from fedft.config import ExperimentConfig
 from fedft.data.datasets import EncodedSplit, RawData, encode, load_raw
 from fedft.errors import ConfigError
 from fedft.gen_eval import GenerativeEval
+from fedft.losses.wiring import LossRun
 from fedft.methods import BaseMethod
 from fedft.model.build import build_model
 from fedft.model.task import TaskModel
@@ -134,16 +135,23 @@ def run_central(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
     if cfg.train.optimizer == "lbfgs":
         _lbfgs_probe(net, train, ev, cfg)
         return _finish(cfg, run, ev, len(train), trainable, t0)
+    losses = LossRun.for_run(cfg, model, train, val, test)  # a loss plugin (train.loss); None: model.loss
+    train_net = net if losses is None else losses.wrap(net)
     opt = make_optimizer(net, cfg.train)
     base_lrs = [g["lr"] for g in opt.param_groups]
     ev.epoch(0)
+    if losses is not None:
+        losses.observe(model, 0)
     bar = tqdm(range(1, cfg.train.epochs + 1), desc="epochs", unit="epoch")
     for epoch in bar:
         set_lr_factor(opt, base_lrs, lr_factor(cfg.train, epoch - 1, cfg.train.epochs))
         method.on_round_start(model, epoch)
         pre = head_preconditioner(model, cfg.train.kfac_damping)
-        train_loss, _ = train_epoch(net, train, np.arange(len(train)), cfg.train.batch_size, opt, rng, pre=pre)
+        train_loss, _ = train_epoch(train_net, train if losses is None else losses.train, np.arange(len(train)),
+                                    cfg.train.batch_size, opt, rng, pre=pre)
         result = ev.epoch(epoch, train_loss)
+        if losses is not None:
+            losses.observe(model, epoch)
         bar.set_postfix(loss=f"{train_loss:.3f}", **({"val_acc": f"{result.accuracy:.3f}"} if result else {}))
     if type(method).finalize is not BaseMethod.finalize:  # merge / interpolate / prune, then re-evaluate
         method.finalize(model)
@@ -153,6 +161,8 @@ def run_central(cfg: ExperimentConfig, run: RunDir) -> dict[str, Any]:
         summary["recipe"] = built.report
     if method.describe():
         summary["method_report"] = method.describe()
+    if losses is not None:
+        summary["loss_report"] = losses.describe()
     return summary
 
 

@@ -20,7 +20,7 @@ from fedft.config_parse import _assign, build, flatten, merge, parse_overrides, 
 from fedft.deploy_config import DeployConfig
 from fedft.errors import ConfigError
 from fedft.errors import check as _check
-from fedft.lm_config import GenerateConfig, RecipeConfig
+from fedft.lm_config import GenerateConfig, LossConfig, RecipeConfig
 from fedft.options import PluginOptions, get_options, with_defaults
 
 
@@ -190,6 +190,8 @@ class TrainConfig:
     # kfac: precondition the classifier's gradient by its input second moment (fedft/precondition.py)
     head_preconditioner: Literal["none", "kfac"] = "none"
     kfac_damping: float = 1e-3  # lambda = kfac_damping * mean eigenvalue of the second moment
+    # causal-LM training loss: token_mean (the model's own) or a loss plugin ([loss.<name>]; docs/losses.md)
+    loss: str = "token_mean"
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 0, "train.epochs", "an integer >= 0")
@@ -241,7 +243,11 @@ class ExperimentConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     seed: int = 0
+
+    def __post_init__(self) -> None:  # the selected loss's table is present (its defaults when not given)
+        object.__setattr__(self, "loss", LossConfig(with_defaults(self.loss.options, "loss", [self.train.loss])))
 
     @classmethod
     def from_toml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
@@ -292,14 +298,19 @@ class ExperimentConfig:
 def validate_names(cfg: ExperimentConfig) -> None:
     """Check the open choices (registry names: method, strategy, aggregator)."""
     from fedft.federated.aggregators import AGGREGATORS
+    from fedft.losses.wiring import loss_names
     from fedft.methods import METHODS
     from fedft.strategies import STRATEGIES
 
     for value, field_name, names in ((cfg.method.name, "method.name", METHODS.names()),
                                      (cfg.federation.strategy, "federation.strategy", STRATEGIES.names()),
-                                     (cfg.federation.aggregator, "federation.aggregator", AGGREGATORS.names())):
+                                     (cfg.federation.aggregator, "federation.aggregator", AGGREGATORS.names()),
+                                     (cfg.train.loss, "train.loss", loss_names())):
         if value not in names:
             raise ConfigError(f"bad value {value!r} for {field_name}; allowed: {', '.join(names)}")
+    if cfg.train.loss != "token_mean" and cfg.federation.strategy != "central":
+        raise ConfigError(f"train.loss={cfg.train.loss} is wired into central runs only; set "
+                          "federation.strategy=central or train.loss=token_mean")
     if cfg.privacy.enabled and STRATEGIES.get(cfg.federation.strategy).family != "split":
         raise ConfigError(f"privacy.enabled attacks split traffic; strategy {cfg.federation.strategy!r} sends "
                           "none: set privacy.enabled = false or use a split strategy")

@@ -1,4 +1,4 @@
-"""The language-model sections of the experiment config: ``[generate]`` and ``[recipe]``
+"""The language-model sections of the experiment config: ``[generate]``, ``[recipe]`` and ``[loss]``
 (re-exported by :mod:`fedft.config`)."""
 
 from __future__ import annotations
@@ -47,3 +47,17 @@ class RecipeConfig:
     def options_for(self, name: str) -> Any:
         """The options of recipe ``name`` (as configured, else its defaults)."""
         return get_options(self.options, "recipe", name)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Options tables of loss plugins (fedft/losses/; docs/losses.md): ``[loss.<name>]`` holds the
+    options of the loss that ``train.loss`` selects (the ``mftcoder`` multi-task losses, ...)."""
+
+    __options_section__ = "loss"
+
+    options: PluginOptions = ()  # ((loss, options), ...) from the [loss.<name>] tables
+
+    def options_for(self, name: str) -> Any:
+        """The options of loss ``name`` (as configured, else its defaults)."""
+        return get_options(self.options, "loss", name)

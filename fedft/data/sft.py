@@ -16,6 +16,9 @@ Two ways to batch:
   block-diagonal causal mask, so no token attends to another example (the logits of a packed
   example equal its logits alone).
 
+Given a task index (task name -> id), both also return ``task_ids`` for multi-task losses
+(:mod:`fedft.losses.mftcoder`): one per row when padding, one per token when packing.
+
 :func:`tokenize_cached` stores a tokenised set under a key made of the tokenizer (its vocabulary,
 special tokens and chat template), the settings and the examples' content.
 """
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -130,9 +133,18 @@ def tokenize(ex: SFTExample, tokenizer: Any, max_length: int, system: str | None
     return TokenizedExample(prompt + response, [IGNORE] * len(prompt) + response, ex.task)
 
 
-def pad_batch(items: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
+def _task_id(it: TokenizedExample, task_index: Mapping[str, int]) -> int:
+    try:
+        return task_index[it.task]
+    except KeyError:
+        raise ValueError(f"task {it.task!r} is not in the task index ({', '.join(task_index)})") from None
+
+
+def pad_batch(items: Sequence[TokenizedExample], pad_id: int,
+              task_index: Mapping[str, int] | None = None) -> dict[str, torch.Tensor]:
     """One example per row, right-padded to the longest: input_ids, attention_mask, labels
-    (``IGNORE`` on padding) and position_ids."""
+    (``IGNORE`` on padding) and position_ids; with ``task_index`` (task name -> id) also
+    task_ids, one per row (B,)."""
     if not items:
         raise ValueError("pad_batch needs at least one example")
     n = max(len(it) for it in items)
@@ -143,15 +155,21 @@ def pad_batch(items: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch
         ids[i, : len(it)] = torch.tensor(it.input_ids)
         labels[i, : len(it)] = torch.tensor(it.labels)
         mask[i, : len(it)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-            "position_ids": torch.arange(n).expand(len(items), n).clone()}
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels,
+           "position_ids": torch.arange(n).expand(len(items), n).clone()}
+    if task_index is not None:
+        out["task_ids"] = torch.tensor([_task_id(it, task_index) for it in items], dtype=torch.long)
+    return out
 
 
-def pack(items: Sequence[TokenizedExample], max_length: int, pad_id: int) -> dict[str, torch.Tensor]:
+def pack(items: Sequence[TokenizedExample], max_length: int, pad_id: int,
+         task_index: Mapping[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Several examples per row (first fit, in input order; each at most ``max_length``):
     input_ids, labels, position_ids restarting at 0 per example, segment_ids (1, 2, ... per
     example in its row; 0 on padding) and attention_mask (1 on tokens, 0 on padding). Feed
-    :func:`packed_attention_mask` of segment_ids to the model, not attention_mask."""
+    :func:`packed_attention_mask` of segment_ids to the model, not attention_mask. With
+    ``task_index`` (task name -> id) also task_ids, one per token (B, T), 0 on padding (whose
+    labels are ``IGNORE``)."""
     rows: list[list[TokenizedExample]] = []
     room: list[int] = []
     for it in items:
@@ -171,6 +189,7 @@ def pack(items: Sequence[TokenizedExample], max_length: int, pad_id: int) -> dic
            "labels": torch.full(shape, IGNORE, dtype=torch.long),
            "position_ids": torch.zeros(shape, dtype=torch.long),
            "segment_ids": torch.zeros(shape, dtype=torch.long)}
+    tasks = torch.zeros(shape, dtype=torch.long)
     for i, row in enumerate(rows):
         at = 0
         for s, it in enumerate(row, start=1):
@@ -179,8 +198,12 @@ def pack(items: Sequence[TokenizedExample], max_length: int, pad_id: int) -> dic
             out["labels"][i, sl] = torch.tensor(it.labels)
             out["position_ids"][i, sl] = torch.arange(len(it))
             out["segment_ids"][i, sl] = s
+            if task_index is not None:
+                tasks[i, sl] = _task_id(it, task_index)
             at += len(it)
     out["attention_mask"] = (out["segment_ids"] > 0).long()
+    if task_index is not None:
+        out["task_ids"] = tasks
     return out
 
 

@@ -11,7 +11,7 @@ A loss registers itself with :func:`register_loss`, which also declares its opti
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -30,12 +30,26 @@ class Loss:
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else (self.Options() if self.Options else None)
+        self.tasks: tuple[str, ...] = ()  # task names by id, once bound to a run's data
+
+    def bind_tasks(self, tasks: Sequence[str]) -> None:
+        """Name the task ids of the batches (``tasks[i]`` is task id i), for options that name tasks."""
+        self.tasks = tuple(tasks)
 
     def __call__(self, logits: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def adaptive(self) -> bool:
+        """Whether the loss needs :meth:`observe` (per-task validation losses during training)."""
+        return False
+
     def observe(self, step: int, val_losses: Mapping[int, float]) -> None:
         """Per-task validation losses (task id -> mean token loss) measured at ``step``; no-op by default."""
+
+    def report(self) -> dict[str, Any]:
+        """What the loss has to say about its state (task weights, ...), JSON-serialisable."""
+        return {}
 
 
 LOSSES: Registry[type[Loss]] = Registry("loss")
