@@ -264,8 +264,8 @@ def cost(out: Path, by: dict) -> str:
             "thread of a shared 2-core machine (model loading not counted).")
 
 
-def write_report(out: Path, report: Path | None = None) -> Path:
-    """The markdown report of the cells under ``out`` (and ``summary.csv`` there)."""
+def write_report(out: Path, report: Path | None = None, summary_csv: bool = True) -> Path:
+    """The markdown report of the cells under ``out`` (and ``summary.csv`` there, unless not ``summary_csv``)."""
     report = report or (REPORT if out.resolve() == RESULTS.resolve() else out / "report.md")
     by = load(out)
     first = next((r for rs in by.values() for r in rs), None)
@@ -290,9 +290,10 @@ def write_report(out: Path, report: Path | None = None) -> Path:
               "code updates, an LLM judge, and training on paraphrased questions were not run.", ""]
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("\n".join(lines) + "\n")
-    out.mkdir(parents=True, exist_ok=True)
-    write_summary(out, by)
-    print(f"wrote {report} and {out / 'summary.csv'}")
+    if summary_csv:
+        out.mkdir(parents=True, exist_ok=True)
+        write_summary(out, by)
+    print(f"wrote {report}" + (f" and {out / 'summary.csv'}" if summary_csv else ""))
     return report
 
 

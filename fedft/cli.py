@@ -133,6 +133,8 @@ def cmd_assets(args: argparse.Namespace) -> int:
     if args.list:
         for name in assets.ASSET_NAMES:
             print(f"{name:14s} {assets.describe(name)}")
+        for name, (text, command) in assets.catalog.BUILT.items():
+            print(f"{name:14s} {name} (model, built): {text}; build with: {command}")
         return 0
     names = args.names or list(assets.DEFAULT_ASSETS)
     home = assets.fedft_home()
@@ -192,8 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "'decoding method' or 'evaluation'")
     m.set_defaults(fn=cmd_methods)
 
+    from fedft.assets.heal import add_heal_parser
     from fedft.deploy import add_deploy_parser
 
+    add_heal_parser(sub)
     add_deploy_parser(sub)
     return p
 

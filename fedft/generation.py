@@ -9,6 +9,11 @@ The step-wise interface is what decoding-time methods (EFT, Transfer Q*) build o
 
     logits, state = prefill(model, input_ids, attention_mask)   # (B, V) next-token logits
     logits = step(model, state, next_ids)                       # one cached step, (B, V)
+    logits = step_block(model, state, block_ids)                # N tokens in one pass, (B, N, V)
+
+:func:`step_block` feeds several tokens per row in one cached pass (speculative decoding verifies a
+drafted block with it); :func:`mask_positions` then drops rejected tokens from the state (their
+cache entries stay but are masked out, so later positions continue as if they were never fed).
 
 :func:`generate` drives it. :func:`generate_uncached` recomputes the whole sequence at every
 step; it is the reference the cached path is tested against (same tokens, same logits).
@@ -95,6 +100,24 @@ def step(model: TaskModel, state: DecodeState, next_ids: torch.Tensor) -> torch.
     return _last_logits(model, _run(model, h, state))
 
 
+@torch.no_grad()
+def step_block(model: TaskModel, state: DecodeState, ids: torch.Tensor) -> torch.Tensor:
+    """Feed N tokens per row (B, N) in one cached pass; return the next-token logits after each
+    of them (B, N, V), as N calls of :func:`step` would; updates ``state``."""
+    h = model.arch.embedding_module(model.backbone)(ids)  # (B, N, D)
+    state.mask = torch.cat([state.mask, torch.ones_like(ids, dtype=torch.bool)], dim=1)
+    h = _run(model, h, state)
+    with model.compute():
+        return model.output_layer(model.arch.finish(model.backbone, h)).float()
+
+
+def mask_positions(state: DecodeState, keep: torch.Tensor) -> None:
+    """Keep only the last N fed tokens where ``keep`` (B, N) is true: the others stay in the
+    cache but are masked out of attention and positions (a per-row ``DynamicCache.crop``)."""
+    n = keep.shape[1]
+    state.mask = torch.cat([state.mask[:, :-n], state.mask[:, -n:] & keep.bool()], dim=1)
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = 64
@@ -103,12 +126,14 @@ class GenerationConfig:
     seed: int = 0
     stop: tuple[str, ...] = ()  # stop strings; the completion ends before the first one
     eos_token_ids: tuple[int, ...] = ()  # tokens that end a row (the tokenizer's EOS by default)
+    top_k: int = 0  # keep the k most likely tokens before top_p; 0: all
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0, got {self.temperature}, "
+                             f"{self.top_p}, {self.top_k}")
 
 
 @dataclass
@@ -118,16 +143,29 @@ class Generation:
     logits: list[torch.Tensor] = field(default_factory=list)  # per step, (B, V), when kept
 
 
-def _pick(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator) -> torch.Tensor:
+def sampling_probs(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    """The (..., V) distribution a step samples from: softmax at the temperature, then top-k, then
+    top-p (each renormalised); one-hot at the argmax when greedy (temperature 0)."""
     if cfg.temperature == 0:
-        return logits.argmax(-1)
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
     probs = torch.softmax(logits / cfg.temperature, dim=-1)
+    if 0 < cfg.top_k < probs.shape[-1]:
+        top = probs.topk(cfg.top_k, dim=-1)
+        probs = torch.zeros_like(probs).scatter(-1, top.indices, top.values)
+        probs = probs / probs.sum(-1, keepdim=True)
     if cfg.top_p < 1:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         drop = sorted_p.cumsum(-1) - sorted_p > cfg.top_p  # keep the smallest set reaching top_p
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=gen)[:, 0]
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def _pick(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator) -> torch.Tensor:
+    if cfg.temperature == 0:
+        return logits.argmax(-1)
+    return torch.multinomial(sampling_probs(logits, cfg), 1, generator=gen)[:, 0]
 
 
 def left_pad(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

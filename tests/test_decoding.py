@@ -11,6 +11,7 @@ from fedft.model.tiny import tiny_chat_tokenizer, tiny_task_model
 
 TOK = tiny_chat_tokenizer(["what is the capital of france ?", "say hello to me", "paris rome"])
 PROMPTS = [TOK(t, add_special_tokens=False)["input_ids"] for t in ("what is the capital of france ?", "say hello")]
+pytestmark = pytest.mark.usefixtures("_one_thread")
 CFG = GenerationConfig(max_new_tokens=10, eos_token_ids=(-1,))
 
 

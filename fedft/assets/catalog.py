@@ -171,6 +171,11 @@ CATALOG: dict[str, AssetSpec] = {
     )
 }
 
+#: assets fedft builds from other assets instead of fetching: name -> (description, the command)
+BUILT: dict[str, tuple[str, str]] = {
+    "smollm2-small": ("SmolLM2-135M-Instruct cut to 4 of its 30 blocks and healed (fedft.assets.heal)", "fedft heal"),
+}
+
 ASSET_NAMES: list[str] = list(CATALOG)
 DEFAULT_ASSETS: list[str] = [name for name, spec in CATALOG.items() if not spec.optional]
 MANIFEST = "MANIFEST.json"
@@ -205,14 +210,15 @@ def fedft_home() -> Path:
 
 
 def asset_dir(name: str, home: Path | None = None) -> Path:
-    """The cached directory of asset ``name``; raises ``AssetError`` if it is not fetched."""
-    get_spec(name)
+    """The cached directory of asset ``name`` (fetched, or built: :data:`BUILT`); raises
+    ``AssetError`` if it is not there."""
+    if name not in BUILT:
+        get_spec(name)
     root = Path(home) if home is not None else fedft_home()
     path = root / name
     if not (path / MANIFEST).is_file():
-        raise AssetError(
-            f"asset '{name}' is not in FEDFT_HOME ({root}); fetch it with: fedft assets {name}"
-        )
+        how = f"build it with: {BUILT[name][1]}" if name in BUILT else f"fetch it with: fedft assets {name}"
+        raise AssetError(f"asset '{name}' is not in FEDFT_HOME ({root}); {how}")
     return path
 
 

@@ -27,6 +27,8 @@ class Loss:
     description: ClassVar[str] = ""
     kind: ClassVar[str] = "loss"
     Options: ClassVar[type | None] = None
+    # trains on plain SFT batches (what train.loss may select); False: needs other batches (DPO's pairs)
+    sft: ClassVar[bool] = True
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else (self.Options() if self.Options else None)

@@ -36,8 +36,9 @@ TOKEN_MEAN = "token_mean"  # [D] the default: TaskModel.loss, today's behaviour
 
 
 def loss_names() -> list[str]:
-    """What ``train.loss`` accepts: ``token_mean`` and every registered loss plugin."""
-    return [TOKEN_MEAN, *LOSSES.names()]
+    """What ``train.loss`` accepts: ``token_mean`` and every registered loss plugin that trains on
+    SFT batches (not DPO, whose batches are preference pairs)."""
+    return [TOKEN_MEAN, *(n for n in LOSSES.names() if LOSSES.get(n).sft)]
 
 
 def make_loss(name: str, options: Any = None, tasks: Iterable[str] = ()) -> Loss | None:

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MODEL_ASSETS = ("dinov2-small", "minilm-l6", "smollm2-135m")
+MODEL_ASSETS = ("dinov2-small", "minilm-l6", "smollm2-135m", "smollm2-small")  # smollm2-small: built by `fedft heal`
 
 
 @dataclass
