@@ -165,7 +165,7 @@ def _rebuilt(out: Path, script: str, report: str, prefixes: tuple[str, ...]) -> 
     them from the cell JSONs under ``out`` (nothing when there are none)."""
     import tempfile
 
-    if not any(out.rglob("*_seed*.json")):
+    if not any(out.rglob("*seed*.json")):
         return
     if str(ROOT / "experiments") not in sys.path:  # the report modules import their runner and study_cells
         sys.path.insert(0, str(ROOT / "experiments"))
@@ -194,8 +194,19 @@ def llm_data_studies(results: Path) -> Iterator[tuple[str, str]]:
                             ("|", "**Numbers", "**Verdict"))
 
 
+def llm_decoding_studies(results: Path) -> Iterator[tuple[str, str]]:
+    """The EFT, Transfer Q*, MFTCoder and FineTuneBench reports' tables and verdicts, rebuilt from
+    their cells, and llm_decoding.md's summary and cards, rebuilt from those reports."""
+    for study in ("eft", "tqstar", "mftcoder", "finetunebench"):
+        yield from _rebuilt(results / f"lm/decoding/{study}", f"llm_{study}_report", f"llm_decoding_{study}.md",
+                            ("|", "**Numbers", "**Verdict"))
+    for line in _script("llm_decoding_report").build(REPORTS).splitlines():
+        if line.strip():
+            yield "llm_decoding.md", line
+
+
 CHECKS: list[Check] = [main_job, paper_full, strategy_compare, overhead, privacy, lm_runs, peft_unit_tests, llm_data,
-                       llm_data_studies]
+                       llm_data_studies, llm_decoding_studies]
 
 
 def mismatches(results: Path = RESULTS, reports: Path = REPORTS) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from llm_data_gotd import CONTROLS, RESULTS, SECTION, SELECTORS, Options, budget_list, describe, select
 from llm_data_report import RULE, card, combine, judge, paired, table
-from study_cells import ROOT
+from study_cells import ROOT, load_cells
 from study_cells import fmt_interval as fmt
 
 REPORT = ROOT / "experiments/reports/llm_data_gotd.md"
@@ -40,15 +40,11 @@ DIFFERS = ("The paper pre-fine-tunes GPT-2 / BERT-class models in full on thousa
 
 def load(out: Path) -> dict[str, list[dict[str, Any]]]:
     """Cell records by condition, with the selection's numbers lifted to the top level."""
-    by: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted((out / "cells").glob("*_seed*.json")):
-        rec = json.loads(path.read_text())
+    def lift(rec: dict[str, Any]) -> None:
         sel = rec.get("selection") or {}
         rec["target_share"], rec["ot_cost"] = sel.get("target_share"), sel.get("ot_cost")
-        by.setdefault(rec["condition"], []).append(rec)
-    for recs in by.values():
-        recs.sort(key=lambda r: r["seed"])
-    return by
+
+    return load_cells(out / "cells", lift)
 
 
 def budgets_in(by: dict) -> list[int]:

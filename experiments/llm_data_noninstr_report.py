@@ -19,7 +19,7 @@ from typing import Any
 
 from llm_data_noninstr import CONDITIONS, RESULTS, STOP, Options
 from llm_data_report import RULE, card, combine, judge, paired, table
-from study_cells import ROOT, interval
+from study_cells import ROOT, interval, load_cells
 from study_cells import fmt_interval as fmt
 
 REPORT = ROOT / "experiments/reports/llm_data_noninstr.md"
@@ -52,13 +52,7 @@ WEAK = ("How weak the evidence is: a 135M model that is already instruction-tune
 
 def load(out: Path) -> dict[str, list[dict[str, Any]]]:
     """Cell records by condition, sorted by seed."""
-    by: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted((out / "cells").glob("*_seed*.json")):
-        rec = json.loads(path.read_text())
-        by.setdefault(rec["condition"], []).append(rec)
-    for recs in by.values():
-        recs.sort(key=lambda r: r["seed"])
-    return by
+    return load_cells(out / "cells")
 
 
 def vs_base(by: dict, cond: str, key: str) -> tuple[int, float, float, float]:

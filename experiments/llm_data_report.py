@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_data import RESULTS, STUDIES, Options
-from study_cells import ROOT, interval
+from study_cells import ROOT, interval, load_cells
 from study_cells import fmt_interval as fmt
 
 REPORT = ROOT / "experiments/reports/llm_data.md"
@@ -32,14 +32,12 @@ S3FT_METRICS = {"accuracy": ("held-out accuracy", ".3f", True), "test_loss": ("h
 
 
 def load(out: Path, study: str) -> dict[str, list[dict[str, Any]]]:
-    by: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted((out / study).glob("*_seed*.json")):
-        rec = json.loads(path.read_text())
+    def lift(rec: dict[str, Any]) -> None:
         rec["initial_loss"] = rec.get("selection", {}).get("initial_loss")
         styles = [rec[k] for k in ("test_loss_reasoning", "test_loss_terse", "test_loss_verbose") if k in rec]
         rec["style_mean_loss"] = sum(styles) / len(styles) if len(styles) == 3 else None
-        by.setdefault(rec["condition"], []).append(rec)
-    return by
+
+    return load_cells(out / study, lift)
 
 
 def paired(by: dict, a: str, b: str, key: str) -> tuple[int, float, float, float]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_finetunebench import CONDITIONS, RESULTS, Options
-from study_cells import ROOT, interval
+from study_cells import ROOT, interval, load_cells
 from study_cells import fmt_interval as fmt
 
 REPORT = ROOT / "experiments/reports/llm_decoding_finetunebench.md"
@@ -46,16 +46,12 @@ RULE = ("per seed the difference of two rates of the same cell (or of the same m
 
 
 def load(out: Path) -> dict[str, list[dict[str, Any]]]:
-    by: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted((out / "cells").glob("*_seed*.json")):
-        rec = json.loads(path.read_text())
+    def lift(rec: dict[str, Any]) -> None:
         for key in ("new_rephrased", "new_secondary", "people_comparison"):  # accuracy above the majority rate
             if rec.get(key) is not None and rec.get(f"{key}_majority") is not None:
                 rec[f"{key}_gain"] = rec[key] - rec[f"{key}_majority"]
-        by.setdefault(rec["condition"], []).append(rec)
-    for recs in by.values():
-        recs.sort(key=lambda r: r["seed"])
-    return by
+
+    return load_cells(out / "cells", lift)
 
 
 def _iv(recs: list[dict[str, Any]], key: str) -> tuple[int, float, float, float]:

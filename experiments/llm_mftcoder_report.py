@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_mftcoder import MODES, RESULTS, TASKS, Options, counts
-from study_cells import ROOT, interval
+from study_cells import ROOT, interval, load_cells
 from study_cells import fmt_interval as fmt
 
 REPORT = ROOT / "experiments/reports/llm_decoding_mftcoder.md"
@@ -42,13 +42,7 @@ DIFFERS = ("MFTCoder fine-tunes 7B-34B code models (QLoRA, r 96) on 5+ code task
 
 
 def load(out: Path) -> dict[str, list[dict[str, Any]]]:
-    by: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted((out / "cells").glob("*_seed*.json")):
-        rec = json.loads(path.read_text())
-        by.setdefault(rec["condition"], []).append(rec)
-    for recs in by.values():
-        recs.sort(key=lambda r: r["seed"])
-    return by
+    return load_cells(out / "cells")
 
 
 def paired(by: dict, a: str, b: str, key: str) -> tuple[int, float, float, float]:

@@ -102,6 +102,21 @@ def run_cells(commands: list[tuple[str, list[str]]], jobs: int = 1, outputs: lis
     return [r for r in results if r is not None]
 
 
+def load_cells(folder: Path, lift: Callable[[dict[str, Any]], None] | None = None,
+                pattern: str = "*_seed*.json") -> dict[str, list[dict[str, Any]]]:
+    """The cell records under ``folder`` by their ``condition``, each list sorted by seed;
+    ``lift(rec)`` may add derived keys to each record first."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(folder.glob(pattern)):
+        rec = json.loads(path.read_text())
+        if lift is not None:
+            lift(rec)
+        by.setdefault(rec["condition"], []).append(rec)
+    for recs in by.values():
+        recs.sort(key=lambda r: r["seed"])
+    return by
+
+
 def interval(xs: list[float | None]) -> tuple[int, float, float, float]:
     """(n, mean, low, high): the 95 % t-interval over the values (nan bounds for n < 2)."""
     from scipy.stats import t

@@ -211,6 +211,9 @@ def test_config_selects_the_loss_and_its_table():
         ExperimentConfig.from_overrides(["loss.mftcoder.task_weights=a=1"])
     with pytest.raises(ConfigError, match="central runs only"):
         validate_names(ExperimentConfig.from_overrides(["federation.strategy=fedavg", "train.loss=mftcoder"]))
+    dpo = ExperimentConfig.from_overrides(["federation.strategy=central", "train.loss=dpo"])
+    with pytest.raises(ConfigError, match="bad value 'dpo' for train.loss"):  # preference pairs, not SFT batches
+        validate_names(dpo)
 
 
 ARITH = ["model.name=tiny-llama", "model.task=causal_lm", "data.name=arith", "data.max_length=48",
