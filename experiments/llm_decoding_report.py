@@ -52,7 +52,7 @@ def claim_text(card: list[str], limit: int = 140) -> str:
     """The claim's first sentence, without its bracketed source, at most ``limit`` characters."""
     text = card[0][len(CLAIM):].strip()
     text = re.sub(r"\s*\[(paper|code|data|2nd|verify)[^\]]*\]", "", text).strip()
-    first = re.split(r"(?<=[.:;])\s", text, maxsplit=1)[0].rstrip(".:;")
+    first = re.split(r"(?<=[.;])\s(?=[A-Z])", text, maxsplit=1)[0].rstrip(".;")
     return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
 
 
