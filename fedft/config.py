@@ -21,6 +21,7 @@ from fedft.deploy_config import DeployConfig
 from fedft.errors import ConfigError
 from fedft.errors import check as _check
 from fedft.lm_config import GenerateConfig, LossConfig, RecipeConfig
+from fedft.resources.config import ResourcesConfig
 from fedft.options import PluginOptions, get_options, with_defaults
 
 
@@ -244,6 +245,7 @@ class ExperimentConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:  # the selected loss's table is present (its defaults when not given)
