@@ -205,8 +205,21 @@ def llm_decoding_studies(results: Path) -> Iterator[tuple[str, str]]:
             yield "llm_decoding.md", line
 
 
+def resources_studies(results: Path) -> Iterator[tuple[str, str]]:
+    """resources_fit.md rendered from its JSON, and resources.md put together from its sections."""
+    if str(ROOT / "experiments") not in sys.path:
+        sys.path.insert(0, str(ROOT / "experiments"))
+    if (results / "resources/fit/fit.json").is_file():
+        for line in _script("resources_fit").render().splitlines():
+            if line.startswith("|"):
+                yield "resources_fit.md", line
+    for line in _script("resources_report").build(REPORTS).splitlines():
+        if line.strip():
+            yield "resources.md", line
+
+
 CHECKS: list[Check] = [main_job, paper_full, strategy_compare, overhead, privacy, lm_runs, peft_unit_tests, llm_data,
-                       llm_data_studies, llm_decoding_studies]
+                       llm_data_studies, llm_decoding_studies, resources_studies]
 
 
 def mismatches(results: Path = RESULTS, reports: Path = REPORTS) -> list[str]:

@@ -1,4 +1,5 @@
-"""The ``fedft`` command line: ``fedft run``, ``compare``, ``evaluate``, ``privacy``, ``assets``, ``methods``.
+"""The ``fedft`` command line: ``fedft run``, ``compare``, ``evaluate``, ``privacy``, ``assets``, ``methods``,
+``profiles``.
 
 User errors print one line on stderr and exit 2 (configuration) or 1 (anything else the user
 can fix, such as a missing asset); nothing already written is removed.
@@ -89,7 +90,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not sep or not Path(path).is_file():
             raise FedftError(f"--config-for {item!r} must look like LABEL:PATH to an existing TOML file")
         config_for[label.strip()] = Path(path)
-    compare(cfg, names, args.out, per_strategy=per, config_for=config_for)
+    compare(cfg, names, args.out, per_strategy=per, config_for=config_for, mixes=args.mix or [], target=args.target)
     return 0
 
 
@@ -196,9 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from fedft.assets.heal import add_heal_parser
     from fedft.deploy import add_deploy_parser
+    from fedft.resources.cli_profiles import add_profiles_parser
 
     add_heal_parser(sub)
     add_deploy_parser(sub)
+    add_profiles_parser(sub)
     return p
 
 
@@ -234,6 +237,10 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--config-for", action="append", metavar="LABEL:PATH",
                    help="the entry LABEL takes its settings from this TOML file, except seed, [data], "
                         "[partition] and the round settings, which every entry shares (repeatable)")
+    c.add_argument("--mix", action="append", metavar="LABEL=DEVICES@NETWORKS", help="also re-time every entry on this "
+                   "device/network mix (resources.* forms, e.g. phones=phone-mid@4g); writes DIR/time_to_accuracy.csv")
+    c.add_argument("--target", type=float, help="validation accuracy for time/bytes-to-accuracy (default: 0.95 x the "
+                   "lowest best accuracy among the entries, so that every entry reaches it)")
     c.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory")
     c.set_defaults(fn=cmd_compare)
 

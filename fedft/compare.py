@@ -9,6 +9,7 @@ simulation engine all strategies share one Flower simulation session (Ray starts
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,8 @@ def entry_config(cfg: ExperimentConfig, label: str, strategy: str, overrides: li
 
 def compare(cfg: ExperimentConfig, strategies: list[str], out: str | Path, show: bool = True,
             per_strategy: dict[str, list[str]] | None = None,
-            config_for: dict[str, Path] | None = None) -> list[dict[str, Any]]:
+            config_for: dict[str, Path] | None = None, mixes: list[str] | None = None,
+            target: float | None = None) -> list[dict[str, Any]]:
     """Run the entries ``strategies`` (``strategy`` or ``label=strategy``) on ``cfg``; write
     DIR/<label>/..., DIR/compare.csv and the plot.
 
@@ -76,7 +78,13 @@ def compare(cfg: ExperimentConfig, strategies: list[str], out: str | Path, show:
     learning rates, say); ``config_for`` maps a label to a TOML file whose settings it uses
     instead of ``cfg``'s. Data, partitions, seeds and rounds stay shared. An entry whose run
     directory already holds a summary for the same config is not run again (a resumed compare).
+    ``mixes`` (``LABEL=DEVICES@NETWORKS``) re-time every entry on each device/network mix
+    (:mod:`fedft.resources.timing`) and write time- and bytes-to-``target`` accuracy.
     """
+    parsed = parse_mixes(mixes or [])
+    if parsed and not cfg.resources.enabled:  # record plans with the first mix's profiles
+        first = next(iter(parsed.values()))
+        cfg = cfg.replace(resources=dataclasses.replace(cfg.resources, devices=first[0], networks=first[1]))
     per_strategy, config_for = per_strategy or {}, config_for or {}
     entries = parse_entries(strategies)
     labels = [e[0] for e in entries]
@@ -99,7 +107,24 @@ def compare(cfg: ExperimentConfig, strategies: list[str], out: str | Path, show:
     rows = write_outputs(out, labels, results)
     if show:
         _print(rows)
+    if parsed:
+        from fedft.resources.report import time_to_accuracy
+
+        time_to_accuracy(out, labels, parsed, target, show)
     return results
+
+
+def parse_mixes(items: list[str]) -> dict[str, tuple[str, str]]:
+    """``LABEL=DEVICES@NETWORKS`` items -> {label: (devices, networks)}."""
+    out: dict[str, tuple[str, str]] = {}
+    for item in items:
+        label, sep, rest = item.partition("=")
+        devices, at, networks = rest.rpartition("@")
+        if not sep or not at or not devices or not networks or label in out:
+            raise ConfigError(f"--mix {item!r} must look like LABEL=DEVICES@NETWORKS with a new label, "
+                              "e.g. phones=phone-mid=0.5,phone-low=0.5@4g")
+        out[label.strip()] = (devices.strip(), networks.strip())
+    return out
 
 
 def _finished(c: ExperimentConfig, rd: RunDir) -> dict[str, Any] | None:

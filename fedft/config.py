@@ -21,8 +21,8 @@ from fedft.deploy_config import DeployConfig
 from fedft.errors import ConfigError
 from fedft.errors import check as _check
 from fedft.lm_config import GenerateConfig, LossConfig, RecipeConfig
-from fedft.resources.config import ResourcesConfig
 from fedft.options import PluginOptions, get_options, with_defaults
+from fedft.resources.config import ResourcesConfig
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ BODY_OPEN_WIRE = "wire"
 BODY_OPEN_T = "T"
 BODY_OPEN_D = "D"
 BODY_OPEN_MAX_BATCH = "max_batch"
+BODY_OPEN_CUT = "cut"  # optional [head_blocks, tail_blocks]: the client's cut (heterogeneous split points)
 BODY_OPEN_SESSION = "session"
 BODY_OPEN_MODE = "mode"
 BODY_OPEN_TTL = "ttl_s"
@@ -33,6 +34,7 @@ BODY_CLOSE_STEPS = "steps"
 ARRAYS = "arrays"  # ArrayRecord: global client-side state down, the client's update up
 CONFIG = "config"  # ConfigRecord of the train message
 METRICS = "metrics"  # MetricRecord of the reply
+TIMELINE = "timeline"  # MetricRecord of the reply: the client's exchanges and FLOPs (time model; not counted as traffic)
 
 # ConfigRecord keys of a train message.
 SERVER_ROUND = "server-round"
@@ -40,6 +42,7 @@ RUN_CONFIG_TOML = "fedft-config"  # the resolved experiment config, TOML text
 BODY_ADDRESS = "body-address"
 BODY_TOKEN = "body-token"
 BODY_ROOT_CERT = "body-root-cert"  # PEM bytes, when the body service runs with TLS
+SIM_BODY_FLOPS = "sim-body-flops-per-token"  # server FLOPs per body position (a client's own deadline clock)
 
 # MetricRecord keys of a reply.
 NUM_EXAMPLES = "num-examples"
@@ -50,6 +53,8 @@ CLIENT_FLOPS = "client-flops"
 CLIENT_SECONDS = "client-seconds"
 SPLIT_SAMPLES = "split-samples"  # samples trained through the body
 SPLIT_TOKENS = "split-tokens"  # sequence positions sent through the body (server FLOPs = these x per-token)
+HEAD_BLOCKS = "head-blocks"  # split strategies: the client's cut, blocks in its head
+TAIL_BLOCKS = "tail-blocks"  # and in its tail (the body service ran the rest)
 CLIENT_BYTES_PREFIX = "bytes-"  # + ledger kind: the client's own count of body-service bytes
 AGG_WEIGHT = "agg-weight"  # the strategy's weight of a reply, as Flower's aggregators read it
 

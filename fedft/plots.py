@@ -57,3 +57,17 @@ def plot_bytes_by_kind(ledger: CommLedger, out: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+
+
+def plot_accuracy_vs_time(series: dict[str, list[dict[str, str]]], out: str | Path) -> None:
+    """Validation accuracy against cumulative simulated time ([resources]), one line per run."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, rows in series.items():
+        ax.plot([s / 60 for s in _floats(rows, "sim_cumulative")], _floats(rows, "val_accuracy"), marker="o", label=name)
+    ax.set_xlabel("simulated time (minutes)")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)

@@ -54,9 +54,9 @@ def _kill_after_round(out, overrides, round_):
     return done
 
 
-@pytest.mark.parametrize("strategy", ["sfprompt", "sfl_v2"])
-def test_resume_equals_uninterrupted(tmp_path, strategy):
-    overrides = [*TINY, f"federation.strategy={strategy}"]
+@pytest.mark.parametrize("strategy,extra", [("sfprompt", []), ("sfl_v2", ["resources.devices=phone-mid"])])
+def test_resume_equals_uninterrupted(tmp_path, strategy, extra):
+    overrides = [*TINY, f"federation.strategy={strategy}", *extra]
     full = run(default_config(overrides), tmp_path / "full", show=False)  # what the CLI below resolves
     killed_at = _kill_after_round(tmp_path / "cut", overrides, 1)
     assert not (tmp_path / "cut" / "summary.json").exists()
@@ -72,6 +72,10 @@ def test_resume_equals_uninterrupted(tmp_path, strategy):
     b = CommLedger.from_csv(tmp_path / "cut" / "ledger.csv")
     assert a.by_round() == b.by_round() and a.by_kind() == b.by_kind()
     assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == 1 + 4
+    if extra:  # the simulated clock resumes where it stopped; per-client rows are not repeated
+        assert resumed["sim_seconds_total"] == pytest.approx(full["sim_seconds_total"], rel=1e-6)
+        assert len((tmp_path / "cut" / "sim_clients.csv").read_text().splitlines()) == 1 + 4 * 3
+        assert len((tmp_path / "cut" / "sim_plans.jsonl").read_text().splitlines()) == 4
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):

@@ -58,15 +58,17 @@ class GrpcTransport:
         root_certificates: PEM bytes of the CA that signed the server certificate (TLS);
             plaintext when ``None``.
         timeout_s: deadline of each call (a ``shared`` body may make a Forward wait).
+        cut: this client's ``(head_blocks, tail_blocks)``, sent at Open so the service runs
+            blocks ``[h, L - t)`` for it; ``None`` uses the service's own body.
     """
 
     def __init__(
         self, address: str, token: str, ledger: CommLedger, *, round: int = 0, client: str = "0",
         phase: str = Phase.SPLIT, wire: WireDtype = "fp32", T: int, D: int, max_batch: int,
         root_certificates: bytes | None = None, timeout_s: float | None = 300.0,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, cut: tuple[int, int] | None = None,
     ) -> None:
-        self.address, self.ledger = address, ledger
+        self.address, self.ledger, self.cut = address, ledger, cut
         self.round, self.client, self.phase = round, str(client), str(phase)
         self.wire = check_wire_dtype(wire)
         self.T, self.D, self.max_batch = T, D, max_batch
@@ -107,7 +109,7 @@ class GrpcTransport:
     def spec(self) -> SessionSpec:
         """What this transport negotiates at Open: who this client is and the shapes."""
         return SessionSpec(self.client, self.round, self.phase, self.wire, self.T, self.D,
-                           self.max_batch)
+                           self.max_batch, self.cut)
 
     def open_request(self) -> bytes:
         """The JSON control payload of Open (:meth:`SessionSpec.to_json`)."""

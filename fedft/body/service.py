@@ -5,7 +5,8 @@ messages; the per-batch split traffic goes here. Each client's train handler ope
 :class:`~fedft.body.client.GrpcTransport` to it. Service ``fedft.Body`` has four unary methods
 with raw bytes in and out (generic handlers, no protobuf):
 
-* ``Open``: JSON ``{client, round, phase, wire, T, D, max_batch}`` -> JSON ``{session, mode, ttl_s}``
+* ``Open``: JSON ``{client, round, phase, wire, T, D, max_batch[, cut]}`` -> JSON ``{session, mode, ttl_s}``
+  (``cut = [h, t]``: run blocks ``[h, L - t)`` for this client; a cut that does not fit is refused)
 * ``Forward``: codec frames ``h (B, T, D)`` [+ ``mask (B, T)``] -> frame ``z``
 * ``Backward``: frame ``grad_z`` -> frame ``grad_h``
 * ``Close``: empty -> JSON ``{steps}``
@@ -39,6 +40,7 @@ from fedft.accounting import Direction, Kind, Phase
 from fedft.body import codec
 from fedft.body.spec import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    CutBodies,
     ServiceError,
     SessionSpec,
     check_forward,
@@ -237,6 +239,7 @@ def start_body_service(
     make_optimizer: MakeOptimizer | None = None, max_workers: int = 8,
     tls: tuple[bytes, bytes] | None = None, session_ttl_s: float = 60.0,
     busy_timeout_s: float = 300.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    cuts: CutBodies | None = None,
 ) -> BodyServiceHandle:
     """Serve ``body`` on ``host:port`` (port 0 picks a free one) and return its handle.
 
@@ -244,11 +247,13 @@ def start_body_service(
         tls: ``(cert_pem, key_pem)`` to serve over TLS; plaintext when ``None``.
         session_ttl_s: idle time after which a session (a vanished client) is freed.
         busy_timeout_s: how long a Forward waits for a ``shared`` body owned by another client.
+        cuts: serve each client from the cut its Open names (``body`` is the one at
+            ``cuts.default``); without it, an Open naming a cut is refused.
     """
     if not token:
         raise ValueError("the body service needs a token; create one with new_token()")
     service = BodyService(body, mode, make_optimizer, session_ttl_s=session_ttl_s,
-                          busy_timeout_s=busy_timeout_s, max_message_bytes=max_message_bytes)
+                          busy_timeout_s=busy_timeout_s, max_message_bytes=max_message_bytes, cuts=cuts)
     executor = ThreadPoolExecutor(max_workers, thread_name_prefix=THREAD_PREFIX)
     options = [("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.max_send_message_length", max_message_bytes),

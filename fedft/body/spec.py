@@ -1,7 +1,8 @@
 """The negotiated session spec of the body service: the one place where requests are checked.
 
 A client opens a session with a JSON Open payload ``{client, round, phase, wire, T, D,
-max_batch}``; :class:`SessionSpec` both builds it (:meth:`SessionSpec.to_json`, client side) and
+max_batch[, cut]}`` (``cut = [head_blocks, tail_blocks]``: the client's split point, checked
+against the model by :class:`CutBodies`); :class:`SessionSpec` both builds it (:meth:`SessionSpec.to_json`, client side) and
 parses and checks it (:meth:`SessionSpec.from_json`, server side), from one table of fields.
 :func:`check_forward` and :func:`check_grad` check the tensors of each later call against it,
 and :func:`check_wire_dtype` is the one check of a wire dtype name. A refused request raises
@@ -11,10 +12,11 @@ and :func:`check_wire_dtype` is the one check of a wire dtype name. A refused re
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from fedft import keys
 from fedft.accounting import Phase
@@ -23,6 +25,7 @@ from fedft.body.codec import WIRE_DTYPES, WireDtype, check_wire_dtype
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "CutBodies",
     "MASK_DTYPES",
     "MAX_OPEN_BYTES",
     "OPEN_FIELDS",
@@ -71,10 +74,14 @@ class SessionSpec:
     T: int  # the longest sequence a Forward may carry (batches may be shorter)
     D: int
     max_batch: int
+    cut: tuple[int, int] | None = None  # (head_blocks, tail_blocks); None: the service's own body
 
     def to_json(self) -> bytes:
         """The Open payload a client sends (no checks here: the service checks it)."""
-        return json.dumps({key: getattr(self, attr) for attr, key in OPEN_FIELDS.items()}).encode()
+        d: dict = {key: getattr(self, attr) for attr, key in OPEN_FIELDS.items()}
+        if self.cut is not None:
+            d[keys.BODY_OPEN_CUT] = list(self.cut)
+        return json.dumps(d).encode()
 
     @classmethod
     def from_json(cls, payload: bytes, max_message_bytes: int) -> SessionSpec:
@@ -105,7 +112,12 @@ class SessionSpec:
         client = d[keys.BODY_OPEN_CLIENT]
         if isinstance(client, bool) or not isinstance(client, str | int) or not 0 < len(str(client)) <= 256:
             raise invalid(f"Open field 'client' must be a short non-empty string, got {client!r}")
-        spec = cls(**{**{attr: d[key] for attr, key in OPEN_FIELDS.items()}, "client": str(client)})
+        cut = d.get(keys.BODY_OPEN_CUT)
+        if cut is not None and (not isinstance(cut, list) or len(cut) != 2
+                                or any(type(c) is not int or c < 0 for c in cut)):
+            raise invalid(f"Open field 'cut' must be [head_blocks, tail_blocks], two integers >= 0, got {cut!r}")
+        spec = cls(**{**{attr: d[key] for attr, key in OPEN_FIELDS.items()}, "client": str(client)},
+                   cut=None if cut is None else (cut[0], cut[1]))
         if spec.max_request_bytes > max_message_bytes:
             raise invalid(f"max_batch x T x D = {spec.max_batch} x {spec.T} x {spec.D} needs "
                           f"{spec.max_request_bytes} bytes per message; the service allows "
@@ -121,6 +133,28 @@ class SessionSpec:
         """Largest valid Forward request: a (max_batch, T, D) frame plus an int64 mask frame."""
         return (codec.frame_nbytes((self.max_batch, self.T, self.D), self.dtype)
                 + codec.frame_nbytes((self.max_batch, self.T), torch.int64))
+
+
+@dataclass(frozen=True)
+class CutBodies:
+    """What a service needs to run each client from its own cut: the model's number of blocks,
+    the cut of the service's own body, and ``make(h, t)``, the body of blocks ``[h, L - t)``
+    (the server's model's blocks, by reference)."""
+
+    n_layers: int
+    default: tuple[int, int]
+    make: Callable[[int, int], nn.Module]
+
+    def check(self, cut: tuple[int, int], frozen: bool) -> None:
+        """Refuse (``INVALID_ARGUMENT``) a cut that does not fit the model, or another cut than
+        the service's own when the body trains (one trainable body has one cut)."""
+        h, t = cut
+        if h + t > self.n_layers:
+            raise invalid(f"cut (head_blocks, tail_blocks) = ({h}, {t}) does not fit the model's "
+                          f"{self.n_layers} blocks; use head_blocks + tail_blocks <= {self.n_layers}")
+        if not frozen and cut != self.default:
+            raise invalid(f"cut ({h}, {t}) differs from the trainable body's cut {self.default}; a "
+                          "trainable body serves one cut")
 
 
 def _finite(t: torch.Tensor) -> bool:

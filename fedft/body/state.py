@@ -11,6 +11,9 @@ service maps onto the wire. The three body modes follow the SplitFed definitions
   run in sequence, and the optimizer steps after every Backward (SL, SFL-V2).
 * ``per_client``: a deep copy of the body, with its own optimizer, per client; the copies are
   FedAvg-averaged into the shared body at round end (SFL-V1).
+
+With :class:`~fedft.body.spec.CutBodies`, a frozen service runs each client from its own cut (an
+Open carrying ``cut``): one frozen body per distinct cut, over the server model's own blocks.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 from torch import nn
 
 from fedft.accounting import CommLedger, Direction, Kind, Phase
-from fedft.body.spec import DEFAULT_MAX_MESSAGE_BYTES, ServiceError, SessionSpec
+from fedft.body.spec import DEFAULT_MAX_MESSAGE_BYTES, CutBodies, ServiceError, SessionSpec
 from fedft.body.transport import BodySession
 
 log = logging.getLogger(__name__)
@@ -91,7 +94,7 @@ class Session:
     def __init__(self, sid: str, spec: SessionSpec, replica: Replica) -> None:
         self.id, self.spec, self.replica = sid, spec, replica
         trains = replica.optimizer is not None
-        self.body = BodySession(replica.module, replica.step if trains else None)
+        self.body = BodySession(replica.module, replica.step if trains else None, inputs_only=not trains)
         self.lock = threading.Lock()  # one call at a time per session
         self.busy = 0  # calls in progress; guarded by the service lock
         self.last_used = time.monotonic()
@@ -164,9 +167,11 @@ class BodyState:
     def __init__(
         self, body: nn.Module, mode: BodyMode | str, make_optimizer: MakeOptimizer | None = None,
         *, session_ttl_s: float = 60.0, busy_timeout_s: float = 300.0,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, cuts: CutBodies | None = None,
     ) -> None:
         self.mode = BodyMode(mode)
+        self.cuts = cuts  # per-client cuts: a frozen body per cut (heterogeneous split points)
+        self._cut_replicas: dict[tuple[int, int], Replica] = {}
         if self.mode is not BodyMode.FROZEN and make_optimizer is None:
             raise ValueError(f"body mode {self.mode.value!r} trains the body: pass make_optimizer")
         self.body, self.make_optimizer = body, make_optimizer
@@ -195,7 +200,7 @@ class BodyState:
         """Register a session on the replica that trains for ``spec.client``; return its id."""
         sid = secrets.token_urlsafe(16)
         with self._lock:
-            replica = self._global
+            replica = self._global if spec.cut is None else self._cut_replica(spec.cut)
             if self.mode is BodyMode.PER_CLIENT and spec.phase != Phase.EVAL:
                 replica = self._copies.get(spec.client)
                 if replica is None:
@@ -204,6 +209,18 @@ class BodyState:
                     self._copies[spec.client] = replica
             self._sessions[sid] = Session(sid, spec, replica)
         return sid
+
+    def _cut_replica(self, cut: tuple[int, int]) -> Replica:
+        """The frozen body of blocks [h, L - t) for a client at ``cut`` (the service's own body
+        at its own cut); a cut the model cannot take is refused for this client only."""
+        if self.cuts is None:
+            raise ServiceError("INVALID_ARGUMENT", f"this body service serves one cut; got cut {cut}")
+        self.cuts.check(cut, self.mode is BodyMode.FROZEN)
+        if cut == self.cuts.default:
+            return self._global
+        if cut not in self._cut_replicas:
+            self._cut_replicas[cut] = Replica(self.cuts.make(*cut).eval(), None, exclusive=False)
+        return self._cut_replicas[cut]
 
     def _enter(self, sid: str) -> Session:
         with self._lock:

@@ -42,14 +42,18 @@ class BodySession:
 
     With a frozen body, the backward forms only the gradient with respect to the body input.
     With a trainable body, weight gradients accumulate too and ``after_backward`` (for example
-    an optimizer step) runs after each backward.
+    an optimizer step) runs after each backward. ``inputs_only`` forms the input gradient alone
+    whatever the blocks' ``requires_grad`` (a frozen body over blocks that other clients train
+    in their tails: heterogeneous split points).
     """
 
     def __init__(
-        self, body: nn.Module, after_backward: Callable[[], None] | None = None
+        self, body: nn.Module, after_backward: Callable[[], None] | None = None,
+        inputs_only: bool = False,
     ) -> None:
         self.body = body
         self.after_backward = after_backward
+        self.inputs_only = inputs_only
         self._inp: torch.Tensor | None = None
         self._out: torch.Tensor | None = None
 
@@ -64,8 +68,11 @@ class BodySession:
         """Back-propagate the received gradient; return the gradient at the body input."""
         if self._inp is None or self._out is None:
             raise RuntimeError("backward called before forward in this session")
-        self._out.backward(grad.to(self._out.dtype))
-        g = self._inp.grad
+        if self.inputs_only:
+            (g,) = torch.autograd.grad(self._out, self._inp, grad.to(self._out.dtype))
+        else:
+            self._out.backward(grad.to(self._out.dtype))
+            g = self._inp.grad
         self._inp = self._out = None
         if self.after_backward is not None:
             self.after_backward()

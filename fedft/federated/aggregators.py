@@ -192,6 +192,12 @@ class Aggregator:
         options = cfg.federation.options_for(name) if table_for("federation", name) else None
         return cls(name, options, cfg.partition.num_clients)
 
+    @property
+    def per_key(self) -> bool:
+        """True when each tensor is averaged over the clients that sent it (``fedavg``), so clients
+        may send different tensor sets (heterogeneous split points, partial and sparse updates)."""
+        return isinstance(self.strategy, MaskedFedAvg)
+
     def aggregate(self, round: int, current: Update, updates: Sequence[tuple[int, Update, float]],
                   stats: Sequence[str] = ()) -> Update:
         """The new global state from ``current`` (this round's download) and the (client, update,
@@ -214,7 +220,7 @@ class Aggregator:
         return out
 
     def _check_dense(self, params: list[Update]) -> None:
-        if isinstance(self.strategy, MaskedFedAvg):
+        if self.per_key:
             return
         names = {frozenset(p) for p in params}
         if len(names) > 1 or any(k.endswith(("::idx", "::val")) for p in params for k in p):

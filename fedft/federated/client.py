@@ -21,12 +21,13 @@ from fedft import keys
 from fedft.accounting import CommLedger
 from fedft.config import ExperimentConfig
 from fedft.data.datasets import encode, load_raw
-from fedft.data.partition import partition
+from fedft.data.partition import Partitions, partition
 from fedft.federated.aggregation import Update
 from fedft.federated.payload import receive, upload
 from fedft.flops import FlopsMeter
 from fedft.model import build_model
 from fedft.split import SplitSpec, split_model
+from fedft.split.cuts import apply_cut, plan_cuts
 from fedft.strategies import STRATEGIES, RoundContext, Strategy
 from fedft.strategies.base import ClientRuntime, OpenTransport, stream
 from fedft.train import Proximal, lr_factor, make_optimizer, set_lr_factor
@@ -38,8 +39,25 @@ def runtime(cfg: ExperimentConfig) -> ClientRuntime:
     raw = load_raw(cfg.data, cfg.seed)
     model, method, pre = build_model(cfg, raw.num_labels)
     train = encode(raw, "train", pre, cfg.data.max_length)
+    trainable = frozenset(n for n, p in model.named_parameters() if p.requires_grad)  # before any cut
     return ClientRuntime(cfg, model, method, split_parts(cfg, model), train,
-                         partitions_for(cfg, np.asarray(raw.train_y)), raw.train_x, raw.system, pre)
+                         partitions_for(cfg, np.asarray(raw.train_y)), raw.train_x, raw.system, pre,
+                         trainable=trainable)
+
+
+def client_cut(cfg: ExperimentConfig, pid: int) -> SplitSpec | None:
+    """Client ``pid``'s cut (``resources.cuts``), or None when the strategy does not split."""
+    return plan_cuts(cfg).of(pid) if STRATEGIES.get(cfg.federation.strategy).family == "split" else None
+
+
+def cut_runtime(rt: ClientRuntime, pid: int) -> ClientRuntime:
+    """``rt`` with client ``pid``'s parts: re-cut (by reference) with its ``requires_grad`` flags
+    when cuts are heterogeneous, else ``rt`` itself."""
+    if rt.parts is None or not plan_cuts(rt.cfg).heterogeneous:
+        return rt
+    cls = STRATEGIES.get(rt.cfg.federation.strategy)
+    parts = apply_cut(rt.model, plan_cuts(rt.cfg).of(pid), rt.trainable, cls.trains_tail, rt.cfg.split.train_head)
+    return dataclasses.replace(rt, parts=parts)
 
 
 def client_data(rt: ClientRuntime, pid: int) -> tuple[ClientRuntime, np.ndarray, dict[str, float]]:
@@ -79,8 +97,9 @@ def split_parts(cfg: ExperimentConfig, model: Any) -> Any:
     return parts
 
 
-def partitions_for(cfg: ExperimentConfig, labels: np.ndarray) -> list[np.ndarray]:
-    """Every client's indices into the training split (deterministic for the seed)."""
+def partitions_for(cfg: ExperimentConfig, labels: np.ndarray) -> Partitions:
+    """Every client's indices into the training split (deterministic for the seed; vectorised,
+    two arrays whatever the number of clients)."""
     p = cfg.partition
     return partition(labels, p.scheme, p.num_clients, cfg.seed, alpha=p.alpha,
                      labels_per_client=p.labels_per_client, min_size=p.min_size)
@@ -88,11 +107,13 @@ def partitions_for(cfg: ExperimentConfig, labels: np.ndarray) -> list[np.ndarray
 
 def client_round(
     rt: ClientRuntime, round: int, pid: int, update: Update, open_transport: OpenTransport | None,
-    state: dict[str, Any] | None = None,
+    state: dict[str, Any] | None = None, meter: FlopsMeter | None = None, clock: Any = None,
 ) -> tuple[Update, dict[str, float]]:
-    """Run this client's part of round ``round`` from the global ``update``; return (update, metrics)."""
+    """Run this client's part of round ``round`` from the global ``update``; return (update, metrics).
+    ``clock`` (a :class:`~fedft.resources.timeline.ClientClock`) stops training at the deadline."""
     t0 = time.time()
     cfg = rt.cfg
+    rt = cut_runtime(rt, pid)  # this client's cut (heterogeneous split points)
     receive(rt.method, rt.model, update)
     rt.method.on_client_round(rt.model, round)
     rt, idx, recipe_metrics = client_data(rt, pid)
@@ -103,25 +124,31 @@ def client_round(
     if opt is not None:
         set_lr_factor(opt, [g["lr"] for g in opt.param_groups],
                       lr_factor(cfg.train, round - 1, cfg.federation.rounds))
-    ctx = RoundContext(rt, round, pid, idx, opt, stream(cfg.seed, round, pid, 2), FlopsMeter(),
-                       open_transport, state, Proximal.for_config(cfg, held))
+    ctx = RoundContext(rt, round, pid, idx, opt, stream(cfg.seed, round, pid, 2), meter or FlopsMeter(),
+                       open_transport, state, Proximal.for_config(cfg, held), clock=clock)
     metrics: dict[str, float] = {keys.NUM_EXAMPLES: float(len(idx)), **recipe_metrics}
     metrics.update(strategy_for(cfg).client_train(ctx))
     metrics[keys.SPLIT_TOKENS] = float(ctx.split_tokens)
+    if rt.parts is not None:  # the cut this client trained at (the time model and the server read it)
+        metrics[keys.HEAD_BLOCKS] = float(rt.parts.spec.head_blocks)
+        metrics[keys.TAIL_BLOCKS] = float(rt.parts.spec.tail_blocks)
     metrics[keys.CLIENT_FLOPS] = float(ctx.flops.total(party="client"))
     metrics[keys.CLIENT_SECONDS] = time.time() - t0
     return upload(rt.method, rt.model, rt.parts), metrics
 
 
 def grpc_opener(address: str, token: str, ledger: CommLedger, round: int, client: str, wire: str,
-                max_batch: int, root_certificates: bytes | None = None) -> OpenTransport:
-    """An ``open_transport`` over the gRPC body service."""
+                max_batch: int, root_certificates: bytes | None = None,
+                cut: SplitSpec | None = None) -> OpenTransport:
+    """An ``open_transport`` over the gRPC body service; ``cut``: the client's, sent at Open."""
     from fedft.body.client import GrpcTransport
+
+    pair = None if cut is None else (cut.head_blocks, cut.tail_blocks)
 
     @contextmanager
     def opener(phase: str, T: int, D: int):  # noqa: ANN202
         with GrpcTransport(address, token, ledger, round=round, client=client, phase=phase, wire=wire,  # type: ignore[arg-type]
-                           T=T, D=D, max_batch=max_batch, root_certificates=root_certificates) as t:
+                           T=T, D=D, max_batch=max_batch, root_certificates=root_certificates, cut=pair) as t:
             yield t
 
     return opener

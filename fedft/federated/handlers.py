@@ -10,8 +10,10 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from fedft import keys
 from fedft.accounting import CommLedger
 from fedft.config import ExperimentConfig
-from fedft.federated.client import client_round, grpc_opener, runtime
+from fedft.federated.client import client_cut, client_round, grpc_opener, runtime
 from fedft.federated.records import from_arrays, reply_content
+from fedft.flops import FlopsMeter
+from fedft.resources.timeline import TimelineLedger, client_clock
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +26,21 @@ def handle_train(content: RecordDict, pid: int, state: dict | None = None) -> Re
     rt = runtime(cfg)
     if not 0 <= pid < len(rt.partitions):
         raise ValueError(f"partition id {pid} is outside 0..{len(rt.partitions) - 1}")
-    ledger = CommLedger()
+    meter = FlopsMeter()
+    ledger = TimelineLedger(meter) if cfg.resources.enabled else CommLedger()
     opener = None
     if keys.BODY_ADDRESS in config:
         root = config.get(keys.BODY_ROOT_CERT)
         opener = grpc_opener(str(config[keys.BODY_ADDRESS]), str(config[keys.BODY_TOKEN]), ledger, round,
                              str(pid), cfg.split.wire_dtype, cfg.train.batch_size,
-                             root if isinstance(root, bytes) else None)
-    update, metrics = client_round(rt, round, pid, from_arrays(content[keys.ARRAYS]), opener, state)  # type: ignore[arg-type]
+                             root if isinstance(root, bytes) else None, client_cut(cfg, pid))
+    clock = client_clock(cfg, pid, content, ledger, meter) if cfg.resources.enabled else None
+    update, metrics = client_round(rt, round, pid, from_arrays(content[keys.ARRAYS]), opener, state,  # type: ignore[arg-type]
+                                   meter=meter, clock=clock)
     for kind, nbytes in ledger.by_kind().items():
         metrics[f"{keys.CLIENT_BYTES_PREFIX}{kind}"] = float(nbytes)
-    return reply_content(update, metrics)
+    timeline = ledger.record_for_reply() if isinstance(ledger, TimelineLedger) else None
+    return reply_content(update, metrics, timeline)
 
 
 def handle_hello(pid: int, num_partitions: int) -> RecordDict:

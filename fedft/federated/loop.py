@@ -20,18 +20,30 @@ from tqdm.auto import tqdm
 
 from fedft import keys
 from fedft.federated.payload import numel
-from fedft.federated.records import train_content
 from fedft.federated.server import ClientResult, ServerRuntime
 from fedft.outputs import LEDGER, METRICS, read_metrics
 from fedft.precision import describe
+from fedft.resources.rounds import (
+    SIM_CLIENTS,
+    SIM_PLANS,
+    SimRound,
+    append_clients,
+    append_plans,
+    judge_group,
+    truncate_clients,
+    truncate_plans,
+)
 from fedft.train import eval_summary
 
 log = logging.getLogger(__name__)
 
-Dispatch = Callable[[int, list[int], RecordDict], list[ClientResult]]
+# (round, pids, content) -> replies; content is one message for all, or pid -> its message
+# (heterogeneous split points: each client gets its own head's and tail's tensors)
+Dispatch = Callable[[int, list[int], RecordDict | Callable[[int], RecordDict]], list[ClientResult]]
 
 METRIC_COLUMNS = ["round", "val_accuracy", "val_loss", "clients", "failed", "kept_samples", "train_loss",
-                  "bytes_round", "bytes_cumulative", "client_flops", "server_flops", "seconds", "gen_score"]
+                  "bytes_round", "bytes_cumulative", "client_flops", "server_flops", "seconds", "gen_score",
+                  "sim_seconds", "sim_cumulative", "sim_energy_j", "stragglers"]
 
 
 def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) -> dict[str, Any]:
@@ -42,50 +54,72 @@ def run_rounds(srv: ServerRuntime, dispatch: Dispatch, progress: bool = True) ->
     t0 = time.time()
     ck = srv.resumed
     first = 1 if ck is None else ck.round + 1
-    client_flops = 0.0 if ck is None else ck.counters["client_flops"]
-    server_flops = 0.0 if ck is None else ck.counters["server_flops"]
-    earlier = 0.0 if ck is None else ck.counters["seconds"]
+    counters = {"client_flops": 0.0, "server_flops": 0.0, "seconds": 0.0, "sim_seconds": 0.0, "sim_energy_j": 0.0}
+    counters.update({} if ck is None else ck.counters)
+    earlier = counters["seconds"]
     if ck is None:
         run.start_metrics(METRIC_COLUMNS)
+        run.file(SIM_CLIENTS).unlink(missing_ok=True)
+        run.file(SIM_PLANS).unlink(missing_ok=True)
     else:
         run.resume_metrics(METRIC_COLUMNS, ck.round)
+        truncate_clients(run.file(SIM_CLIENTS), ck.round)
+        truncate_plans(run.file(SIM_PLANS), ck.round)
+    if srv.clock is not None:
+        srv.clock.now = counters["sim_seconds"]
     result, gen = None, None
     bar = tqdm(range(first, cfg.federation.rounds + 1), desc=f"{cfg.federation.strategy} rounds", unit="round",
                disable=not progress, initial=first - 1, total=cfg.federation.rounds)
     for rnd in bar:
         srv.start_round(rnd)
-        pids = srv.sample(rnd)
         before = srv.ledger.total()
-        results = _train_round(srv, dispatch, rnd, pids)
+        results, sim = _train_round(srv, dispatch, rnd, srv.sample(rnd))
         srv.collect_service_ledger(rnd)
-        good = [r for r in results if r.error is None]
-        round_client = sum(r.metrics.get(keys.CLIENT_FLOPS, 0.0) for r in good)
-        split_tokens = sum(r.metrics.get(keys.SPLIT_TOKENS, 0.0) for r in good)
-        round_server = split_tokens * srv.body_flops_per_token()
-        client_flops, server_flops = client_flops + round_client, server_flops + round_server
-        row: dict[str, Any] = {
-            "round": rnd, "clients": len(good), "failed": len(results) - len(good),
-            "kept_samples": int(sum(r.metrics.get(keys.NUM_KEPT, 0) for r in good)),
-            "train_loss": _mean([r.metrics.get(keys.TRAIN_LOSS, 0.0) for r in good]),
-            "bytes_round": srv.ledger.total() - before, "bytes_cumulative": srv.ledger.total(),
-            "client_flops": round_client, "server_flops": round_server,
-        }
+        row, good = _round_row(srv, rnd, results, sim, before, counters)
         if rnd % cfg.federation.eval_every == 0 or rnd == cfg.federation.rounds:
             if srv.val is not None:
                 result = srv.evaluate()
                 row.update(val_accuracy=result.accuracy, val_loss=result.loss)
-                bar.set_postfix(val_acc=f"{result.accuracy:.3f}", clients=len(good))
+                bar.set_postfix(val_acc=f"{result.accuracy:.3f}", clients=good)
             gen = row["gen_score"] = srv.generative_score()
-        row["seconds"] = earlier + time.time() - t0
+        row["seconds"] = counters["seconds"] = earlier + time.time() - t0
         run.append_metrics(row)
-        checkpoint.save(run.path, srv.checkpoint(rnd, {"client_flops": client_flops, "server_flops": server_flops,
-                                                        "seconds": row["seconds"]}))
+        checkpoint.save(run.path, srv.checkpoint(rnd, counters))
         if not good:
             log.warning("round %d: no client succeeded; the global state is unchanged", rnd)
-    summary = _final(srv, result, gen, earlier - t0, (client_flops, server_flops))
+    summary = _final(srv, result, gen, earlier - t0, (counters["client_flops"], counters["server_flops"]))
+    if srv.clock is not None:
+        summary.update(sim_seconds_total=srv.clock.now, sim_energy_j_total=counters["sim_energy_j"] or None,
+                       devices=cfg.resources.devices, networks=cfg.resources.networks)
+        run.write_summary(summary)
     if cfg.output.plots:
         write_plots(srv)
     return summary
+
+
+def _round_row(srv: ServerRuntime, rnd: int, results: list[ClientResult], sim: SimRound | None, before: int,
+               counters: dict[str, float]) -> tuple[dict[str, Any], int]:
+    """The round's metrics row (without evaluation and wall time) and its number of accepted
+    clients; adds the round's FLOPs and simulated time to ``counters``."""
+    good = [r for r in results if r.error is None]
+    round_client = sum(r.metrics.get(keys.CLIENT_FLOPS, 0.0) for r in good)
+    round_server = srv.server_flops(good)  # positions sent x the body FLOPs of each client's cut
+    counters["client_flops"] += round_client
+    counters["server_flops"] += round_server
+    row: dict[str, Any] = {
+        "round": rnd, "clients": len(good), "failed": len(results) - len(good),
+        "kept_samples": int(sum(r.metrics.get(keys.NUM_KEPT, 0) for r in good)),
+        "train_loss": _mean([r.metrics.get(keys.TRAIN_LOSS, 0.0) for r in good]),
+        "bytes_round": srv.ledger.total() - before, "bytes_cumulative": srv.ledger.total(),
+        "client_flops": round_client, "server_flops": round_server,
+    }
+    if sim is not None and srv.clock is not None:
+        srv.clock.now = counters["sim_seconds"] = sim.end
+        counters["sim_energy_j"] += sim.energy_j or 0.0
+        row.update(sim_seconds=sim.seconds, sim_cumulative=sim.end, stragglers=sim.dropped, sim_energy_j=sim.energy_j)
+        append_clients(srv.run.file(SIM_CLIENTS), sim.rows)
+        append_plans(srv.run.file(SIM_PLANS), rnd, sim.plans)
+    return row, len(good)
 
 
 def _final(srv: ServerRuntime, result: Any, gen: float | None, offset: float,
@@ -109,15 +143,23 @@ def _final(srv: ServerRuntime, result: Any, gen: float | None, offset: float,
     return summary
 
 
-def _train_round(srv: ServerRuntime, dispatch: Dispatch, rnd: int, pids: list[int]) -> list[ClientResult]:
+def _train_round(srv: ServerRuntime, dispatch: Dispatch, rnd: int,
+                 pids: list[int]) -> tuple[list[ClientResult], SimRound | None]:
     """Dispatch each group of the strategy (SL: one client at a time, each from the last one's
-    part) and let the strategy combine its replies."""
+    part), let the simulated clock judge its replies (deadline, availability, over-selection)
+    and the strategy combine them."""
     results = []
+    clock = srv.clock
+    sim = None if clock is None else SimRound(clock.now, clock.now)
+    keep = srv.cfg.federation.clients_per_round if srv.cfg.resources.over_selection else 0
     for group in srv.strategy.groups(pids):
-        replies = dispatch(rnd, group, train_content(srv.global_update, srv.cfg, rnd, srv.round_extra()))
+        mark = len(srv.ledger)
+        replies = dispatch(rnd, group, srv.round_content(rnd))
+        if clock is not None and sim is not None:
+            judge_group(clock, rnd, replies, srv.ledger.events[mark:], srv.body_cost, sim, keep)
         srv.strategy.combine(srv, rnd, replies)
         results.extend(replies)
-    return results
+    return results, sim
 
 
 def _mean(xs: list[float]) -> float:
@@ -150,10 +192,12 @@ def summarize(srv: ServerRuntime, val: Any, test: Any, client_flops: float, serv
 
 
 def write_plots(srv: ServerRuntime) -> None:
-    from fedft.plots import plot_accuracy, plot_accuracy_vs_bytes, plot_bytes_by_kind
+    from fedft.plots import plot_accuracy, plot_accuracy_vs_bytes, plot_accuracy_vs_time, plot_bytes_by_kind
 
     rows = [r for r in read_metrics(srv.run.file(METRICS)) if r.get("val_accuracy")]
     plot_accuracy(rows, "round", srv.run.file("accuracy.png"))
     plot_accuracy_vs_bytes({srv.cfg.federation.strategy: rows}, srv.run.file("accuracy_vs_bytes.png"))
     plot_bytes_by_kind(srv.ledger, srv.run.file("bytes_by_kind.png"))
+    if srv.clock is not None:
+        plot_accuracy_vs_time({srv.cfg.federation.strategy: rows}, srv.run.file("accuracy_vs_time.png"))
     assert srv.run.file(LEDGER).is_file()

@@ -30,17 +30,21 @@ def train_content(update: Update, cfg: ExperimentConfig, round: int, extra: dict
     return RecordDict({keys.ARRAYS: to_arrays(update), keys.CONFIG: config})
 
 
-def reply_content(update: Update, metrics: dict[str, float]) -> RecordDict:
-    return RecordDict({keys.ARRAYS: to_arrays(update), keys.METRICS: MetricRecord(metrics)})
+def reply_content(update: Update, metrics: dict[str, float], timeline: MetricRecord | None = None) -> RecordDict:
+    content = RecordDict({keys.ARRAYS: to_arrays(update), keys.METRICS: MetricRecord(metrics)})
+    if timeline is not None:
+        content[keys.TIMELINE] = timeline
+    return content
 
 
 def record_content(ledger: CommLedger, round: int, client: str, content: RecordDict, direction: Direction,
                    phase: str = Phase.SYNC) -> None:
-    """Add every record of a message to the ledger: arrays as parameters, the rest as control."""
+    """Add every record of a message to the ledger: arrays as parameters, the rest as control
+    (except the time model's timeline, the simulator's own instrumentation)."""
     params = Kind.PARAMS_UP if direction == Direction.UP else Kind.PARAMS_DOWN
     arrays = sum(r.count_bytes() for r in content.array_records.values())
     other = sum(r.count_bytes() for r in content.config_records.values()) + \
-        sum(r.count_bytes() for r in content.metric_records.values())
+        sum(r.count_bytes() for k, r in content.metric_records.items() if k != keys.TIMELINE)
     if arrays:
         ledger.add(round, client, phase, params, arrays)
     if other:

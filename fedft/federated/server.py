@@ -11,11 +11,13 @@ The server's model is the source of truth: each round's download is cut from it
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import RecordDict
 
 from fedft import keys
 from fedft.accounting import CommLedger, Phase
@@ -28,12 +30,17 @@ from fedft.federated.aggregators import Aggregator
 from fedft.federated.checkpoint import Checkpoint
 from fedft.federated.client import partitions_for, split_parts, strategy_for
 from fedft.federated.payload import check_upload, download, extra_buffers, receive
+from fedft.federated.records import train_content
 from fedft.flops import FlopsMeter
 from fedft.gen_eval import GenerativeEval
 from fedft.methods.base import state_tensors
 from fedft.model import build_model
 from fedft.outputs import PARTITIONS, RunDir
 from fedft.recipes.apply import recipe_for
+from fedft.resources.clock import BodyCost, RoundClock
+from fedft.resources.timeline import Timeline
+from fedft.split import SplitSpec
+from fedft.split.cuts import CutNames, body_flops, check_supported, cut_bodies
 from fedft.train import EvalResult, evaluate, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -47,15 +54,21 @@ class ClientResult:
     update: Update | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    timeline: Timeline | None = None  # the client's exchanges and FLOPs (time model)
 
 
 class ServerRuntime:
     """Everything the server keeps for one run."""
 
+    clock: RoundClock | None = None  # the simulated clock ([resources]); None when it is off
+    eligible: np.ndarray | None = None  # the clients holding data, which sample() draws from (None: all)
+
     def __init__(self, cfg: ExperimentConfig, run: RunDir) -> None:
         self.cfg, self.run = cfg, run
         self.strategy = strategy_for(cfg)
         self.aggregator = Aggregator.for_config(cfg)
+        self.clock = round_clock(cfg, self.strategy)  # bad profiles fail here, before any loading
+        check_supported(cfg, self.strategy, self.aggregator.per_key)  # heterogeneous cuts, before any work
         recipe_for(cfg)  # a recipe that cannot run per client fails here, before any round
         raw = load_raw(cfg.data, cfg.seed)
         self.model, self.method, pre = build_model(cfg, raw.num_labels)
@@ -66,19 +79,30 @@ class ServerRuntime:
         self.partitions = partitions_for(cfg, labels)
         save_partitions(run.file(PARTITIONS), self.partitions, labels,
                         {"scheme": cfg.partition.scheme, "seed": cfg.seed, "alpha": cfg.partition.alpha})
+        self.eligible = self.partitions.nonempty()  # all of them unless partition.min_size = 0
+        self._trainable = frozenset(n for n, p in self.model.named_parameters() if p.requires_grad)
         self.parts = split_parts(cfg, self.model)
+        if cfg.resources.enabled and cfg.resources.memory_check:  # refuse client parts that do not fit
+            from fedft.resources.memory import check_run_memory, training_batch
+
+            check_run_memory(cfg, self.model, training_batch(cfg, raw, pre))
         self.global_update: Update = {}
+        self.cut_names = CutNames.for_server(cfg, self.strategy, self.model, self._trainable)
         self._cut()
         self.ledger = CommLedger()
         self.service: Any = None
-        self._body_flops: float | None = None
+        self._body_flops: tuple[float, float] | None = None  # (fwd, bwd) per position
         self._pending_optimizer: dict | None = None
         self.resumed: Checkpoint | None = None
 
     def _cut(self) -> None:
         """The next download from the server's model (the source of truth), and what a reply
-        may contain: tensors of the download, dense or as sparse pairs."""
-        self.global_update = download(self.method, self.model, self.parts)
+        may contain: tensors of the download, dense or as sparse pairs. With heterogeneous cuts,
+        what any client trains (each client gets its part of it: :meth:`round_content`)."""
+        if self.cut_names is None:
+            self.global_update = download(self.method, self.model, self.parts)
+        else:
+            self.global_update = self.cut_names.restrict(download(self.method, self.model), extra_buffers(self.model))
         self.allowed = {k.split("::")[0] for k in self.global_update}
 
     def start_round(self, round: int) -> None:
@@ -122,7 +146,10 @@ class ServerRuntime:
             self.parts.body, token=new_token(), mode=self.strategy.body_mode,
             make_optimizer=None if self.strategy.body_mode == "frozen" else make_opt,
             host=host, port=port, tls=tls, max_workers=max(8, self.cfg.partition.num_clients),
+            cuts=cut_bodies(self.model, self.parts.spec),  # each client's Open names its cut
         )
+        if self.cut_names is not None:  # freezing the service's own body froze blocks clients train
+            self.cut_names.apply(self.model)
         if self._pending_optimizer is not None:
             self.service.service.load_optimizer_state(self._pending_optimizer)
             self._pending_optimizer = None
@@ -158,12 +185,14 @@ class ServerRuntime:
         self._pending_optimizer = ckpt.body_optimizer
         self.resumed = ckpt
 
-    def round_extra(self) -> dict[str, str | int | bytes]:
+    def round_extra(self) -> dict[str, str | int | bytes | float]:
         """Per-round config entries for clients: where the body service is and its token."""
         if self.service is None:
             return {}
-        extra: dict[str, str | int | bytes] = {keys.BODY_ADDRESS: self.service.address,
-                                               keys.BODY_TOKEN: self.service.token}
+        extra: dict[str, str | int | bytes | float] = {keys.BODY_ADDRESS: self.service.address,
+                                                       keys.BODY_TOKEN: self.service.token}
+        if self.clock is not None:
+            extra[keys.SIM_BODY_FLOPS] = self.body_flops_per_token()
         from fedft.deploy_config import body_root_cert
 
         root = body_root_cert(self.cfg.deploy)  # the CA certificate, when the body runs with TLS
@@ -179,16 +208,23 @@ class ServerRuntime:
     # ---- rounds ----------------------------------------------------------------------------------
 
     def sample(self, round: int) -> list[int]:
-        """The clients of ``round``: K of N uniformly without replacement (all when K = 0 or K >= N)."""
+        """The clients of ``round``: K of N uniformly without replacement (all when K = 0 or K >= N),
+        N counting the clients that hold data; no per-client objects (numpy's Floyd sampling is O(K)
+        for K <= N/50)."""
         n, k = self.cfg.partition.num_clients, self.cfg.federation.clients_per_round
         rng = np.random.default_rng([self.cfg.seed, round, 7])
-        pids = np.arange(n) if k == 0 or k >= n else rng.choice(n, size=k, replace=False)
+        if self.clock is not None:  # among the clients online now, with over-selection
+            return self.strategy.order(self.clock.sample(0 if k >= n else k, rng, self.eligible), rng)
+        pool = np.arange(n) if self.eligible is None else self.eligible  # clients holding data
+        pids = pool if k == 0 or k >= len(pool) else pool[rng.choice(len(pool), size=k, replace=False)]
         return self.strategy.order([int(p) for p in pids], rng)
 
     def accept(self, res: ClientResult) -> bool:
         """Validate one reply against the expected update; a bad one is dropped, not fatal."""
         if res.error is None and res.update is not None:
-            res.error = check_upload(res.update, self.model, self.allowed)
+            allowed = (self.allowed if self.cut_names is None
+                       else self.cut_names.allowed(res.pid, extra_buffers(self.model)))
+            res.error = check_upload(res.update, self.model, allowed)
         if res.error is None and not res.metrics.get(keys.NUM_EXAMPLES, 0) > 0:
             res.error = f"reply has no positive {keys.NUM_EXAMPLES}"
         if res.error is not None:
@@ -235,8 +271,49 @@ class ServerRuntime:
             with meter.measure("server", Phase.SPLIT, "body", "bwd"):
                 z.backward(torch.ones_like(z))
             self.parts.body.zero_grad(set_to_none=True)
-            self._body_flops = meter.total() / (h.shape[0] * h.shape[1])
-        return self._body_flops
+            per = h.shape[0] * h.shape[1]
+            d = meter.by_direction()
+            self._body_flops = (d.get("fwd", 0) / per, d.get("bwd", 0) / per)
+        return sum(self._body_flops)
+
+    def body_cost(self, pid: int | None = None) -> BodyCost:
+        """Server FLOPs per body position, forward and backward (the time model's server work),
+        at client ``pid``'s cut when cuts are heterogeneous."""
+        if self.cut_names is not None and pid is not None:
+            return BodyCost(*self.body_flops_for(self.cut_names.plan.of(pid)))
+        self.body_flops_per_token()
+        return BodyCost(*self._body_flops) if self._body_flops else BodyCost()
+
+    def body_flops_for(self, cut: SplitSpec) -> tuple[float, float]:
+        """Heterogeneous cuts: server FLOPs per position (forward, backward) of the body at ``cut``."""
+        assert self.cut_names is not None
+        if cut not in self.cut_names.flops:
+            batch = self.test.batch(np.arange(min(2, len(self.test))))
+            self.cut_names.flops[cut] = body_flops(self.model, cut, batch, inputs_only=True)  # a frozen body
+        return self.cut_names.flops[cut]
+
+    def server_flops(self, results: list[ClientResult]) -> float:
+        """The body's FLOPs for these replies: their positions sent x the per-position FLOPs of
+        each one's cut (one cut for all unless cuts are heterogeneous)."""
+        if self.cut_names is None:
+            return sum(r.metrics.get(keys.SPLIT_TOKENS, 0.0) for r in results) * self.body_flops_per_token()
+        plan = self.cut_names.plan
+        return sum(r.metrics.get(keys.SPLIT_TOKENS, 0.0) * sum(self.body_flops_for(plan.of(r.pid))) for r in results)
+
+    def round_content(self, round: int) -> RecordDict | Callable[[int], RecordDict]:
+        """The round's train message: one for every client, or with heterogeneous cuts one per
+        cut (pid -> content), holding the global tensors of that cut's head and tail only."""
+        extra, names = self.round_extra(), self.cut_names
+        if names is None:
+            return train_content(self.global_update, self.cfg, round, extra)
+
+        def build(cut: SplitSpec) -> RecordDict:
+            own = dict(extra)
+            if keys.SIM_BODY_FLOPS in own:  # the client's deadline clock: its own body's cost
+                own[keys.SIM_BODY_FLOPS] = sum(self.body_flops_for(cut))
+            return train_content(names.download(self.global_update, cut, extra_buffers(self.model)), self.cfg, round, own)
+
+        return names.per_cut(build)
 
     def hand_on(self, res: ClientResult) -> None:
         """SL: the next client starts from this client's part."""
@@ -253,3 +330,10 @@ class ServerRuntime:
         """The ``[generate]`` evaluation of the global model (None when it is off)."""
         return None if self.gen_eval is None else self.gen_eval.score(self.model)
 
+
+def round_clock(cfg: ExperimentConfig, strategy: Any) -> RoundClock | None:
+    """The run's simulated clock (``resources.devices`` set, federated strategies), else None."""
+    if not cfg.resources.enabled or strategy.family == "central":
+        return None
+    sequential = len(strategy.groups([0, 1])) > 1  # SL: one client after another
+    return RoundClock(cfg, strategy.body_mode if strategy.split else "none", sequential)

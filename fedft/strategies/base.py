@@ -17,7 +17,7 @@ Variants (SFPrompt's ablations) are the same class with some options fixed: :fun
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +51,14 @@ class ClientRuntime:
     method: BaseMethod
     parts: SplitParts | None
     train: EncodedSplit
-    partitions: list[np.ndarray]  # every client's indices into the training split
+    partitions: Sequence[np.ndarray]  # every client's indices into the training split (fedft.data.partition.Partitions)
     examples: Any = None  # the raw training examples (SFT), for a per-client data recipe
     system: str | None = None  # the SFT system turn (data.system_prompt)
     tokenizer: Any = None  # the model's preprocessing (tokenizer of a language model)
     built: dict[int, Any] = dataclasses.field(default_factory=dict)  # client -> its recipe-built split
+    # the method's trainable tensors before any cut unfreezes blocks (heterogeneous split points
+    # re-cut the model per client from these: fedft.split.cuts.apply_cut)
+    trainable: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -73,6 +76,15 @@ class RoundContext:
     state: dict[str, Any] | None  # kept between rounds (Flower's context.state)
     proximal: Any = None  # fedft.train.Proximal when the aggregator asks for a proximal term
     split_tokens: int = 0  # sequence positions this round sent through the body (batch x length)
+    clock: Any = None  # fedft.resources.timeline.ClientClock when the round has a deadline to stop at
+
+    def out_of_time(self) -> bool:
+        """True when the client's simulated clock has reached the round's deadline (partial work:
+        the training loops stop at the next batch); always False without a deadline clock."""
+        if self.clock is None:
+            return False
+        self.clock.split_tokens = self.split_tokens
+        return bool(self.clock.out_of_time())
 
     def step(self) -> None:
         """The optimizer step, after the aggregator's client-side term (FedProx) if any."""

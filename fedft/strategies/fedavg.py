@@ -27,6 +27,8 @@ class FedAvg(Strategy):
         with averaging(model):
             for _ in range(train.epochs):
                 for batch in ctx.rt.train.batches(ctx.idx, train.batch_size, shuffle=True, rng=ctx.rng):
+                    if ctx.out_of_time():  # partial work: the round's deadline
+                        break
                     loss, b = self._step(ctx, batch, pre)
                     loss_sum, n = loss_sum + loss * b, n + b
         if pre is not None:

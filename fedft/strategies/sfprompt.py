@@ -112,6 +112,8 @@ class SFPrompt(Strategy):
         with norm.batch_statistics() if norm is not None else nullcontext():
             for _ in range(o.local_epochs):
                 for batch in rt.train.batches(idx, rt.cfg.train.batch_size, shuffle=True, rng=ctx.rng):
+                    if ctx.out_of_time():  # partial work: the round's deadline
+                        break
                     opt.zero_grad(set_to_none=True)
                     r = local_step(rt.parts, batch, rt.model.loss, ctx.flops)
                     ctx.step()

@@ -55,6 +55,8 @@ def split_phase(ctx: RoundContext, split_idx: np.ndarray, epochs: int) -> tuple[
     with ctx.open_transport(Phase.SPLIT, T, int(h.shape[2])) as transport, averaging(rt.model):
         for _ in range(epochs):
             for batch in rt.train.batches(split_idx, train.batch_size, shuffle=True, rng=ctx.rng):
+                if ctx.out_of_time():  # partial work: the round's deadline
+                    break
                 ctx.opt.zero_grad(set_to_none=True)
                 with active(pre):
                     r = split_step(parts, batch, transport, rt.model.loss, ctx.flops, nopeek=rt.cfg.split.nopeek)
