@@ -213,6 +213,10 @@ def resources_studies(results: Path) -> Iterator[tuple[str, str]]:
         for line in _script("resources_fit").render().splitlines():
             if line.startswith("|"):
                 yield "resources_fit.md", line
+    if (results / "resources/netem/summary.csv").is_file():
+        for line in _script("resources_netem").render().splitlines():
+            if line.startswith("|"):
+                yield "resources_netem.md", line
     for line in _script("resources_report").build(REPORTS).splitlines():
         if line.strip():
             yield "resources.md", line

@@ -295,3 +295,12 @@ def test_compare_mixes_write_time_to_accuracy(tmp_path):
 
     with pytest.raises(ConfigError, match="LABEL=DEVICES@NETWORKS"):
         parse_mixes(["phones=phone-mid"])
+
+
+def test_round_overhead_is_added_to_every_group():
+    base, extra = _clock(), _clock("resources.round_overhead_s=2.5")
+    rate = base.devices.of(0).flops
+    a = base.judge(_plans(base, [rate, rate, 0, 0]), 10.0, keep=0)
+    b = extra.judge(_plans(extra, [rate, rate, 0, 0]), 10.0, keep=0)
+    assert b.end == pytest.approx(a.end + 2.5)
+    assert {p: t.finish for p, t in b.times.items()} == {p: t.finish for p, t in a.times.items()}

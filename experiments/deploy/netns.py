@@ -45,6 +45,36 @@ def available() -> str | None:
     return None
 
 
+TC = shutil.which("tc") or "/usr/sbin/tc"
+
+
+def netem_available() -> bool:
+    """Whether ``tc qdisc ... netem`` works here (minimal kernels lack ``sch_netem``)."""
+    probe = f"fdnetem{os.getpid()}"
+    if subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode != 0:
+        return False
+    try:
+        return all(subprocess.run(cmd, capture_output=True).returncode == 0 for cmd in (
+            ["ip", "-n", probe, "link", "add", "p0", "type", "veth", "peer", "name", "p1"],
+            [TC, "-n", probe, "qdisc", "add", "dev", "p0", "root", "netem", "delay", "1ms", "rate", "1mbit"]))
+    finally:
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+
+
+def shape(tb: Testbed, delay_ms: float, rate_mbit: float, limit: int = 1000) -> None:
+    """``tc netem delay <delay_ms> rate <rate_mbit>`` on both ends of every client's two links: the
+    client's ``fl0``/``bd0`` (its uplink) and their switch-side ends (its downlink). Each client
+    then has its own link, the RTT to the server is 2 x ``delay_ms``, the server's side is unshaped."""
+    for k, h in enumerate(tb.clients):
+        for dev in ("fl0", "bd0"):
+            for ns, name in ((h.ns, dev), (tb.switch, f"h{k + 1}-{dev}")):
+                p = subprocess.run([TC, "-n", ns, "qdisc", "replace", "dev", name, "root", "netem", "delay",
+                                    f"{delay_ms}ms", "rate", f"{rate_mbit}mbit", "limit", str(limit)],
+                                   capture_output=True, text=True)
+                if p.returncode != 0:
+                    raise RuntimeError(f"tc netem on {ns}/{name}: {p.stderr.strip()}")
+
+
 def _ip(*args: str) -> None:
     p = subprocess.run(["ip", *args], capture_output=True, text=True)
     if p.returncode != 0:

@@ -122,6 +122,7 @@ class RoundClock:
         end = max((times[p].finish for p in accepted), default=start)
         if any(s == STATUS_LATE for s in status.values()):
             end = max(end, start + self.deadline)  # type: ignore[operator]
+        end += self.cfg.resources.round_overhead_s  # the deployment's own per-message cost
         energies = [t.energy_j for t in times.values() if t.energy_j is not None]
         return GroupOutcome(end, times, status, sum(energies) if energies else None)
 

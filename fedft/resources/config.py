@@ -39,6 +39,9 @@ class ResourcesConfig:
     # "file:<path>" (FedScale client_behave_trace, JSON or pickle of plain dicts)
     availability: str = "always"
     memory_check: bool = True  # refuse a run whose client part does not fit its device's memory
+    # [D] 0; seconds the deployment adds to every round beyond the model (Flower's message pickup and
+    # per-message process start-up); calibrate it on your deployment (experiments/reports/resources.md)
+    round_overhead_s: float = 0.0
     # heterogeneous split points: "config" (split.head_blocks / tail_blocks for everyone),
     # "profile" (each device profile's own cut), or "file:<path>" (JSON {client id: [h, t]})
     cuts: str = "config"
@@ -47,6 +50,7 @@ class ResourcesConfig:
         _check(self.server_parallel >= 0, "resources.server_parallel", "an integer >= 0 (0 = unbounded)")
         _check(self.deadline_s >= 0, "resources.deadline_s", "a number of seconds >= 0 (0 = no deadline)")
         _check(self.over_selection >= 0, "resources.over_selection", "a float >= 0")
+        _check(self.round_overhead_s >= 0, "resources.round_overhead_s", "a number of seconds >= 0")
         _check(self.cuts in ("config", "profile") or self.cuts.startswith("file:"), "resources.cuts",
                "config, profile or file:<path>")
 
