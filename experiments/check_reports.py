@@ -213,6 +213,10 @@ def resources_studies(results: Path) -> Iterator[tuple[str, str]]:
         for line in _script("resources_fit").render().splitlines():
             if line.startswith("|"):
                 yield "resources_fit.md", line
+    if (results / "resources/compare/summary.csv").is_file():
+        for line in _script("resources_compare_report").build(results / "resources/compare", None).splitlines():
+            if line.startswith("|"):
+                yield "resources_compare.md", line
     if (results / "resources/netem/summary.csv").is_file():
         for line in _script("resources_netem").render().splitlines():
             if line.startswith("|"):

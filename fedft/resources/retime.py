@@ -39,7 +39,10 @@ def _shaping(r: ResourcesConfig) -> list[str]:
 
 def retime(run_dir: str | Path, devices: str, networks: str, **other: Any) -> list[dict[str, Any]]:
     """Per-round rows (round, val_accuracy, bytes_cumulative, sim_seconds, sim_cumulative,
-    sim_energy_j) of the run in ``run_dir`` re-simulated with these profile assignments."""
+    sim_energy_j, and the critical path: ``crit_<compute|transfer|rtt|server|queue>_s`` of the
+    client that finished each group last, ``crit_exchanges`` its exchanges) of the run in
+    ``run_dir`` re-simulated with these profile assignments (``other``: more ``resources`` fields,
+    e.g. ``server_parallel``)."""
     run = Path(run_dir)
     if not (run / SIM_PLANS).is_file():
         raise FedftError(f"{run} has no {SIM_PLANS}: re-timing needs a run made with resources.devices set")
@@ -59,14 +62,22 @@ def retime(run_dir: str | Path, devices: str, networks: str, **other: Any) -> li
     for line in (run / SIM_PLANS).read_text().splitlines():
         doc = json.loads(line)
         start, energy = now, 0.0
+        crit = dict.fromkeys(("compute", "transfer", "rtt", "server", "queue"), 0.0)
+        exchanges = 0
         for group in doc["groups"]:
             plans = [_plan(clock, p) for p in group]
             out = clock.judge(plans, now, keep=0)
             now, energy = out.end, energy + (out.energy_j or 0.0)
+            if out.times:
+                last = max(out.times.values(), key=lambda t: t.finish)
+                for k in crit:
+                    crit[k] += getattr(last, f"{k}_s")
+                exchanges += len(next(p for p in plans if p.pid == last.pid).exchanges)
         m = metrics.get(int(doc["round"]), {})
         rows.append({"round": doc["round"], "val_accuracy": m.get("val_accuracy"),
                      "bytes_cumulative": m.get("bytes_cumulative"), "sim_seconds": now - start,
-                     "sim_cumulative": now, "sim_energy_j": energy or None})
+                     "sim_cumulative": now, "sim_energy_j": energy or None,
+                     **{f"crit_{k}_s": v for k, v in crit.items()}, "crit_exchanges": exchanges})
     return rows
 
 
