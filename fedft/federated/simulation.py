@@ -84,11 +84,10 @@ def pending_messages(state: Any, nodes: dict[int, int]) -> list[Any]:
             dst = msg.metadata.dst_node_id
             if dst in nodes and dst not in first:
                 first[dst] = msg
-    stamp = now().isoformat()
-    out = sorted(first.values(), key=lambda m: nodes[m.metadata.dst_node_id])
-    for msg in out:
-        msg.metadata.delivered_at = stamp
-    return out
+        stamp = now().isoformat()
+        for msg in first.values():  # under the lock, as Flower marks them
+            msg.metadata.delivered_at = stamp
+    return sorted(first.values(), key=lambda m: nodes[m.metadata.dst_node_id])
 
 
 @contextmanager
