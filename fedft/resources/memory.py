@@ -10,7 +10,8 @@ trainable parameters, under their model names) after one step taken on ``meta`` 
 same shapes and dtypes (AdamW: 2 x the trainable bytes + a float32 step per tensor).
 ``activations``: the storages autograd saves for backward in the step's forward
 (:func:`torch.autograd.graph.saved_tensors_hooks`; each once, parameters excluded), plus the batch,
-the head output and the logits; split: the head's forward then the tail's on a tensor of the
+the head output, the logits and their gradient (backward's first transient, the largest for a
+language model: 8 x 256 x 49,152 floats for SmolLM2); split: the head's forward then the tail's on a tensor of the
 body output's shape (the body runs on the server); FL: the whole forward and loss. ``wire``
 (split): one batch's four encoded messages (:mod:`fedft.body.codec` frames at
 ``split.wire_dtype``, the mask with the activations) plus the body output, the gradient at it and
@@ -18,7 +19,7 @@ the head's received gradient. ``runtime``: :data:`RUNTIME_OVERHEAD_BYTES`, the i
 
 Not included, so ``total`` is a floor (experiments/resources_fit.py --validate compares it with a
 real process): allocator fragmentation, transient workspaces (matmul and attention scratch, the
-gradients autograd builds during backward, the upload's copy of the trained tensors), tensors a
+other gradients autograd builds during backward, the upload's copy of the trained tensors), tensors a
 custom autograd function keeps outside ``save_for_backward``, passes without gradients (SFPrompt's
 EL2N scoring) and the framework's non-tensor memory. The wire messages are summed although they
 are not all alive at once. fedft's own simulated client process builds the whole model even for
@@ -172,7 +173,8 @@ def _step_bytes(cfg: ExperimentConfig, model: Any, parts: SplitParts | None, bat
         loss = model.loss(logits, batch)
     saved.add(logits)
     saved.add(loss)
-    return saved.nbytes, wire
+    # backward's first and largest transient for a language model: the gradient of the logits
+    return saved.nbytes + logits.numel() * logits.element_size(), wire
 
 
 def measure_client_memory(cfg: ExperimentConfig, model: Any, parts: SplitParts | None,
