@@ -59,13 +59,13 @@ from typing import Any
 from study_cells import (
     ROOT,
     add_option_flags,
-    add_study_flags,
     finish_study,
     json_cache,
     lora_overrides,
     option_args,
     options_from,
     spawn_cells,
+    study_parser,
     train_split,
     write_json,
 )
@@ -421,15 +421,10 @@ def run_study(opts: Options, todo: list[tuple[str, int, int]], force: bool, jobs
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--cell", nargs=3, metavar=("SELECTOR", "BUDGET", "SEED"),
-                   help=f"run one cell in this process (selector: {', '.join((*CONTROLS, *SELECTORS))}; "
-                        "budget 0 for base / none)")
-    p.add_argument("--selectors", default=",".join((*CONTROLS, *SELECTORS)),
-                   help="comma-separated conditions to run (default: all)")
-    p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds of the trained cells (0,1,2); base runs seed 0 only")
-    add_study_flags(p)
+    p = study_parser(__doc__, ("SELECTOR", "BUDGET", "SEED"),
+                     f"run one cell in this process (selector: {', '.join((*CONTROLS, *SELECTORS))}; budget 0 for base / none)",
+                     SEEDS, "seeds of the trained cells (0,1,2); base runs seed 0 only",
+                     ("--selectors", [*CONTROLS, *SELECTORS], "comma-separated conditions to run (default: all)"))
     add_option_flags(p, Options, OPTION_HELP)
     return p
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from llm_data_gotd import CONTROLS, RESULTS, SECTION, SELECTORS, Options, budget_list, describe, select
 from llm_data_report import RULE, card, combine, judge, paired, table
-from study_cells import ROOT, load_cells
+from study_cells import ROOT, load_cells, save_report
 from study_cells import fmt_interval as fmt
 
 REPORT = ROOT / "experiments/reports/llm_data_gotd.md"
@@ -188,10 +188,4 @@ def write_report(out: Path, report: Path | None = None, summary_csv: bool = True
                   f"hardest chunks (highest EL2N over their first {opts.el2n_tokens} tokens; not trained on).", "",
                   *one_pool_table(data, max(budgets), opts), ""]
     lines += ["## Verdicts", "", *verdict_cards(by, differs)]
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines) + "\n")
-    if summary_csv:
-        out.mkdir(parents=True, exist_ok=True)
-        write_summary(out, by)
-        print(f"wrote {report} and {out / 'summary.csv'}")
-    return report
+    return save_report(report, lines, out, (lambda o: write_summary(o, by)) if summary_csv else None)

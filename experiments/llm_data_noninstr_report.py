@@ -19,7 +19,7 @@ from typing import Any
 
 from llm_data_noninstr import CONDITIONS, RESULTS, STOP, Options
 from llm_data_report import RULE, card, combine, judge, paired, table
-from study_cells import ROOT, interval, load_cells
+from study_cells import ROOT, interval, load_cells, save_report
 from study_cells import fmt_interval as fmt
 
 REPORT = ROOT / "experiments/reports/llm_data_noninstr.md"
@@ -214,10 +214,4 @@ def write_report(out: Path, report: Path | None = None, summary_csv: bool = True
              "## Follow rate per instruction kind", "", "Mean over the seeds:", "", *kinds_table(by), "",
              "## Data", "", *data_lines(out), "", "## Answers (seed 0; ✓ = the rule check passes)", "",
              *answers_table(by), "", "## Verdicts", "", *verdict_cards(by, differs)]
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines) + "\n")
-    if summary_csv:
-        out.mkdir(parents=True, exist_ok=True)
-        write_summary(out, by)
-        print(f"wrote {report} and {out / 'summary.csv'}")
-    return report
+    return save_report(report, lines, out, (lambda o: write_summary(o, by)) if summary_csv else None)

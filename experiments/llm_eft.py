@@ -45,12 +45,12 @@ from llm_eft_facts import ANSWER, CAPITALS, QUESTION, formatted, knows, trivia_i
 from study_cells import (
     ROOT,
     add_option_flags,
-    add_study_flags,
     finish_study,
     lora_overrides,
     option_args,
     options_from,
     spawn_cells,
+    study_parser,
     train_split,
     write_json,
 )
@@ -256,11 +256,7 @@ def run_cell(seed: int, opts: Options) -> dict[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--cell", nargs=1, metavar="SEED", help="run one cell (a seed) in this process")
-    p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds (0,1,2)")
-    add_study_flags(p)
+    p = study_parser(__doc__, ("SEED",), "run one cell (a seed) in this process", SEEDS, "seeds (0,1,2)")
     add_option_flags(p, Options, OPTION_HELP)
     return p
 

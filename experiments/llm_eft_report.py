@@ -15,7 +15,7 @@ from typing import Any
 
 from llm_data_report import card, combine, paired, table
 from llm_eft import CONDITIONS, LAMS, RESULTS, Options
-from study_cells import ROOT, interval
+from study_cells import ROOT, interval, save_report
 from study_cells import fmt_interval as fmt
 
 REPORT = ROOT / "experiments/reports/llm_decoding_eft.md"
@@ -230,10 +230,4 @@ def write_report(out: Path, report: Path | None = None, summary_csv: bool = True
     for claim, parts in CLAIMS:
         numbers, verdict = _claim(by, parts)
         lines += card(claim, differs, numbers, verdict, COMMAND)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines) + "\n")
-    if summary_csv:
-        out.mkdir(parents=True, exist_ok=True)
-        write_summary(out, by)
-        print(f"wrote {report} and {out / 'summary.csv'}")
-    return report
+    return save_report(report, lines, out, (lambda o: write_summary(o, by)) if summary_csv else None)

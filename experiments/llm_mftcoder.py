@@ -52,13 +52,13 @@ from typing import Any
 from study_cells import (
     ROOT,
     add_option_flags,
-    add_study_flags,
     finish_study,
     json_cache,
     lora_overrides,
     option_args,
     options_from,
     spawn_cells,
+    study_parser,
     write_json,
 )
 
@@ -411,13 +411,8 @@ def cells(conditions: list[str], seeds: list[int]) -> list[tuple[str, int]]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--cell", nargs=2, metavar=("CONDITION", "SEED"),
-                   help=f"run one cell in this process (condition: {', '.join(CONDITIONS)})")
-    p.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated conditions (default: all)")
-    p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds (0,1,2)")
-    add_study_flags(p)
+    p = study_parser(__doc__, ("CONDITION", "SEED"), f"run one cell in this process (condition: {', '.join(CONDITIONS)})",
+                     SEEDS, "seeds (0,1,2)", ("--conditions", CONDITIONS, "comma-separated conditions (default: all)"))
     add_option_flags(p, Options, OPTION_HELP)
     return p
 

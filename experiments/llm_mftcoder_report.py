@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_mftcoder import MODES, RESULTS, TASKS, Options, counts
-from study_cells import ROOT, interval, load_cells
+from study_cells import ROOT, interval, load_cells, save_report
 from study_cells import fmt_interval as fmt
 
 REPORT = ROOT / "experiments/reports/llm_decoding_mftcoder.md"
@@ -181,13 +181,7 @@ def write_report(out: Path, report: Path | None = None, summary_csv: bool = True
               "(uniform before the warm-up ends), and the divergence factor:", "", *coba_table(by), "",
               "## Padding and packing", "", *table(by, ["bench"], BENCH), "",
               "## Verdicts", "", *worst_task_cards(by, differs), *packing_card(by)]
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines) + "\n")
-    if summary_csv:
-        out.mkdir(parents=True, exist_ok=True)
-        write_summary(out, by)
-        print(f"wrote {report} and {out / 'summary.csv'}")
-    return report
+    return save_report(report, lines, out, (lambda o: write_summary(o, by)) if summary_csv else None)
 
 
 if __name__ == "__main__":

@@ -56,13 +56,13 @@ from llm_tqstar_reward import cache_dir, classifier, classifier_record, key_hash
 from study_cells import (
     ROOT,
     add_option_flags,
-    add_study_flags,
     finish_study,
     json_cache,
     lora_overrides,
     option_args,
     options_from,
     spawn_cells,
+    study_parser,
     write_json,
 )
 
@@ -353,11 +353,8 @@ def run_seed(seed: int, opts: Options) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--cell", metavar="SEED", help="run every missing condition of one seed in this process")
-    p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds (default 0,1,2)")
-    add_study_flags(p)
+    p = study_parser(__doc__, "SEED", "run every missing condition of one seed in this process", SEEDS,
+                     "seeds (default 0,1,2)")
     add_option_flags(p, Options, OPTION_HELP)
     return p
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from llm_data_report import card, paired, table
 from llm_tqstar import GUIDED, PLAIN, RESULTS, Options, alpha_list
-from study_cells import ROOT, load_cells
+from study_cells import ROOT, load_cells, save_report
 from study_cells import fmt_interval as fmt
 
 REPORT = ROOT / "experiments/reports/llm_decoding_tqstar.md"
@@ -213,13 +213,7 @@ def write_report(out: Path, report: Path | None = None, summary_csv: bool = True
               *table(by, [c for c in conds if c in by], COSTS), "", "## Verdicts", "",
               *verdict_cards(by, differs, alphas), "## Samples (seed 0, first two prompts)", "",
               *samples(by, [*PLAIN, *(f"{m}_a{max(alphas):g}" for m in GUIDED)] if alphas else list(PLAIN)), ""]
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines) + "\n")
-    if summary_csv:
-        out.mkdir(parents=True, exist_ok=True)
-        write_summary(out, by)
-        print(f"wrote {report} and {out / 'summary.csv'}")
-    return report
+    return save_report(report, lines, out, (lambda o: write_summary(o, by)) if summary_csv else None)
 
 
 if __name__ == "__main__":

@@ -176,11 +176,42 @@ def spawn_cells(script: str, opts: Any, todo: list[tuple[Any, ...]], force: bool
     return run_cells(commands, jobs, outputs)
 
 
+def study_parser(doc: str, cell: tuple[str, ...] | str, cell_help: str, seeds: list[int], seeds_help: str,
+                 choices: tuple[str, list[str], str] | None = None) -> Any:
+    """A study script's parser: description and epilog from its docstring, ``--cell`` (a tuple of
+    metavars takes that many values; a string, one value), an optional list flag ``choices`` =
+    (flag, default names, help), ``--seeds`` and the shared study flags."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    if isinstance(cell, str):
+        p.add_argument("--cell", metavar=cell, help=cell_help)
+    else:
+        p.add_argument("--cell", nargs=len(cell), metavar=cell if len(cell) > 1 else cell[0], help=cell_help)
+    if choices is not None:
+        p.add_argument(choices[0], default=",".join(choices[1]), help=choices[2])
+    p.add_argument("--seeds", default=",".join(map(str, seeds)), help=seeds_help)
+    add_study_flags(p)
+    return p
+
+
 def add_study_flags(parser: Any) -> None:
     """The flags every study shares: --force, --jobs, --report-only."""
     parser.add_argument("--force", action="store_true", help="rerun cells whose JSON exists")
     parser.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process (default 1)")
     parser.add_argument("--report-only", action="store_true", help="only write the report from existing JSONs")
+
+
+def save_report(report: Path, lines: list[str], out: Path, summary: Callable[[Path], Any] | None) -> Path:
+    """Write a study's report; with ``summary``, also ``out/summary.csv`` through it."""
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text("\n".join(lines) + "\n")
+    if summary is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        summary(out)
+        print(f"wrote {report} and {out / 'summary.csv'}")
+    return report
 
 
 def finish_study(write_report: Callable[[Path], Any], out: Path, failed: list[str]) -> int:

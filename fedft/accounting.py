@@ -108,6 +108,10 @@ class CommLedger:
     def events(self) -> tuple[CommEvent, ...]:
         return tuple(self._events)
 
+    def since(self, start: int) -> list[CommEvent]:
+        """The events recorded after the first ``start`` (without copying the earlier ones)."""
+        return self._events[start:]
+
     def __len__(self) -> int:
         return len(self._events)
 

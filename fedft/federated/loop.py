@@ -156,7 +156,7 @@ def _train_round(srv: ServerRuntime, dispatch: Dispatch, rnd: int,
         mark = len(srv.ledger)
         replies = dispatch(rnd, group, srv.round_content(rnd))
         if clock is not None and sim is not None:
-            judge_group(clock, rnd, replies, srv.ledger.events[mark:], srv.body_cost, sim, keep)
+            judge_group(clock, rnd, replies, srv.ledger.since(mark), srv.body_cost, sim, keep)
         srv.strategy.combine(srv, rnd, replies)
         results.extend(replies)
     return results, sim
