@@ -114,7 +114,13 @@ class SplitConfig:
 
     head_blocks: int = 0
     tail_blocks: int = 0
-    wire_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    # what split activations and gradients travel as (fedft/body/codec.py, docs/wire.md): fp32, fp16,
+    # bf16, int8 (per-row absmax scale), int4[:group] (packed, per-group scales), topk[:fraction]
+    wire_dtype: str = "fp32"
+    # the gradients' format when it differs from wire_dtype ("" = the same)
+    grad_wire_dtype: str = ""
+    # [D] error feedback on top-k gradient frames: what a frame drops is sent with the next batch
+    error_feedback: bool = True
     # [D] defences (fedft/split/defence.py, docs/privacy.md), off by default: Gaussian noise on the
     # sent activations (std = noise x each sample's activation RMS) and the NoPeek distance-
     # correlation penalty weight in the client's split-training loss (needs head_blocks >= 1)
@@ -127,6 +133,13 @@ class SplitConfig:
     def __post_init__(self) -> None:
         _check(self.head_blocks >= 0, "split.head_blocks", "an integer >= 0")
         _check(self.tail_blocks >= 0, "split.tail_blocks", "an integer >= 0")
+        from fedft.body.codec import is_wire_format
+
+        for key in ("wire_dtype", "grad_wire_dtype"):
+            value = getattr(self, key)
+            _check(key == "grad_wire_dtype" and value == "" or is_wire_format(value), f"split.{key}",
+                   "fp32, fp16, bf16, int8, int4[:group] (even group, 2..4096) or topk[:fraction] "
+                   "(0 < fraction <= 1)" + (", or \"\" for wire_dtype's" if key == "grad_wire_dtype" else ""))
         _check(self.noise >= 0, "split.noise", "a float >= 0 (0 = no noise)")
         _check(self.nopeek >= 0, "split.nopeek", "a float >= 0 (0 = no penalty)")
         _check(self.nopeek == 0 or self.head_blocks >= 1, "split.nopeek",

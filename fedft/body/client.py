@@ -27,8 +27,8 @@ import torch
 from fedft import keys
 from fedft.accounting import CommLedger, Direction, Kind, Phase
 from fedft.body import codec
-from fedft.body.codec import WireDtype
-from fedft.body.spec import DEFAULT_MAX_MESSAGE_BYTES, SessionSpec, check_wire_dtype
+from fedft.body.spec import DEFAULT_MAX_MESSAGE_BYTES, SessionSpec
+from fedft.body.wire import Wire
 from fedft.errors import FedftError
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,8 @@ class GrpcTransport:
         address: ``host:port`` of the body service.
         token: the per-run secret the ServerApp handed out.
         T, D, max_batch: the shapes negotiated at Open; the server refuses other shapes.
-        wire: precision of the activations and gradients on the wire.
+        wire: the wire formats of activations and gradients (:class:`~fedft.body.wire.Wire`,
+            or one format name for both).
         root_certificates: PEM bytes of the CA that signed the server certificate (TLS);
             plaintext when ``None``.
         timeout_s: deadline of each call (a ``shared`` body may make a Forward wait).
@@ -64,13 +65,14 @@ class GrpcTransport:
 
     def __init__(
         self, address: str, token: str, ledger: CommLedger, *, round: int = 0, client: str = "0",
-        phase: str = Phase.SPLIT, wire: WireDtype = "fp32", T: int, D: int, max_batch: int,
+        phase: str = Phase.SPLIT, wire: Wire | str = "fp32", T: int, D: int, max_batch: int,
         root_certificates: bytes | None = None, timeout_s: float | None = 300.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, cut: tuple[int, int] | None = None,
     ) -> None:
         self.address, self.ledger, self.cut = address, ledger, cut
         self.round, self.client, self.phase = round, str(client), str(phase)
-        self.wire = check_wire_dtype(wire)
+        self.wire = wire if isinstance(wire, Wire) else Wire(wire)
+        self._grads = self.wire.grad_encoder()  # carries top-k's dropped gradient between batches
         self.T, self.D, self.max_batch = T, D, max_batch
         self.timeout_s = timeout_s
         self._token, self._roots, self._max = token, root_certificates, max_message_bytes
@@ -108,8 +110,8 @@ class GrpcTransport:
     @property
     def spec(self) -> SessionSpec:
         """What this transport negotiates at Open: who this client is and the shapes."""
-        return SessionSpec(self.client, self.round, self.phase, self.wire, self.T, self.D,
-                           self.max_batch, self.cut)
+        return SessionSpec(self.client, self.round, self.phase, self.wire.act, self.T, self.D,
+                           self.max_batch, self.cut, self.wire.grad, self._grads.enabled)
 
     def open_request(self) -> bytes:
         """The JSON control payload of Open (:meth:`SessionSpec.to_json`)."""
@@ -151,13 +153,13 @@ class GrpcTransport:
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Send the head output (and the (B, T) mask); return the body output."""
-        request = codec.encode_many([h] if mask is None else [h, mask], self.wire)
+        request = codec.encode_many([h] if mask is None else [h, mask], self.wire.act)
         reply = self._step(keys.BODY_FORWARD, request, Kind.ACTIVATIONS_UP, Kind.ACTIVATIONS_DOWN)
         return codec.decode(reply).to(device=h.device, dtype=h.dtype)
 
     def backward(self, grad: torch.Tensor) -> torch.Tensor:
         """Send the gradient at the body output; return the gradient at the body input."""
-        request = codec.encode(grad, self.wire)
+        request = self._grads.encode(grad)
         reply = self._step(keys.BODY_BACKWARD, request, Kind.GRADS_UP, Kind.GRADS_DOWN)
         return codec.decode(reply).to(device=grad.device, dtype=grad.dtype)
 

@@ -5,7 +5,8 @@ messages; the per-batch split traffic goes here. Each client's train handler ope
 :class:`~fedft.body.client.GrpcTransport` to it. Service ``fedft.Body`` has four unary methods
 with raw bytes in and out (generic handlers, no protobuf):
 
-* ``Open``: JSON ``{client, round, phase, wire, T, D, max_batch[, cut]}`` -> JSON ``{session, mode, ttl_s}``
+* ``Open``: JSON ``{client, round, phase, wire, T, D, max_batch[, grad_wire, feedback, cut]}`` ->
+  JSON ``{session, mode, ttl_s}``
   (``cut = [h, t]``: run blocks ``[h, L - t)`` for this client; a cut that does not fit is refused)
 * ``Forward``: codec frames ``h (B, T, D)`` [+ ``mask (B, T)``] -> frame ``z``
 * ``Backward``: frame ``grad_z`` -> frame ``grad_h``
@@ -16,8 +17,9 @@ against the negotiated :class:`~fedft.body.spec.SessionSpec`. A bad request fail
 its caller only: ``UNAUTHENTICATED`` (token), ``NOT_FOUND`` (session), ``INVALID_ARGUMENT``
 (payload), ``FAILED_PRECONDITION`` (Backward before Forward), ``UNAVAILABLE`` (a shared body
 busy for too long), ``INTERNAL`` (anything else, logged). Sessions idle for longer than the TTL
-are reaped, so a vanished client frees its state. The wire dtype is negotiated at Open: tensors
-arrive in it, the body computes in float32 and replies are cast back to it. Both sides record
+are reaped, so a vanished client frees its state. The wire formats are negotiated at Open
+(activations and gradients separately, :mod:`fedft.body.codec`): tensors arrive in them, the body
+computes in float32 and replies are encoded back in them. Both sides record
 the bytes of every completed call, so the two ledgers can be cross-checked.
 """
 
@@ -93,7 +95,7 @@ class BodyService(BodyState):
                     z = self._eval_forward(s, h, mask, is_active)
                 else:
                     z = self._train_forward(s, h, mask, is_active)
-                reply = codec.encode(z, spec.wire)
+                reply = codec.encode(z, spec.act_format)
         finally:
             self._leave(s)
         self._record(spec, Kind.ACTIVATIONS_UP, len(payload))
@@ -129,7 +131,7 @@ class BodyService(BodyState):
                 if not s.pending:
                     raise ServiceError("FAILED_PRECONDITION",
                                        f"Backward before Forward in session {sid}")
-                cap = codec.frame_nbytes(s.out_shape, spec.dtype)
+                cap = codec.frame_nbytes(s.out_shape, torch.float32)  # decoded size: any format
                 if len(payload) > cap:
                     raise invalid(f"Backward request of {len(payload)} bytes exceeds {cap} bytes")
                 g = check_grad(_decode(payload, cap), spec, s.out_shape)
@@ -139,7 +141,7 @@ class BodyService(BodyState):
                     s.replica.examples += s.out_shape[0]
                 finally:
                     s.end_step()
-                reply = codec.encode(g_h, spec.wire)
+                reply = s.grads.encode(g_h)
         finally:
             self._leave(s)
         self._record(spec, Kind.GRADS_UP, len(payload))
@@ -162,9 +164,9 @@ class BodyService(BodyState):
         return reply
 
 
-def _decode(payload: bytes, cap: int) -> list[torch.Tensor]:
+def _decode(payload: bytes, cap: int) -> list[codec.Frame]:
     try:
-        return codec.decode_many(payload, max_bytes=cap)
+        return codec.decode_frames(payload, max_bytes=cap)
     except codec.CodecError as e:
         raise invalid(f"malformed payload: {e}") from None
 

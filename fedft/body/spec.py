@@ -1,8 +1,9 @@
 """The negotiated session spec of the body service: the one place where requests are checked.
 
 A client opens a session with a JSON Open payload ``{client, round, phase, wire, T, D,
-max_batch[, cut]}`` (``cut = [head_blocks, tail_blocks]``: the client's split point, checked
-against the model by :class:`CutBodies`); :class:`SessionSpec` both builds it (:meth:`SessionSpec.to_json`, client side) and
+max_batch[, grad_wire][, cut]}`` (``wire``: the activations' wire format, ``grad_wire``: the
+gradients', ``wire`` when absent; ``cut = [head_blocks, tail_blocks]``: the client's split point,
+checked against the model by :class:`CutBodies`); :class:`SessionSpec` both builds it (:meth:`SessionSpec.to_json`, client side) and
 parses and checks it (:meth:`SessionSpec.from_json`, server side), from one table of fields.
 :func:`check_forward` and :func:`check_grad` check the tensors of each later call against it,
 and :func:`check_wire_dtype` is the one check of a wire dtype name. A refused request raises
@@ -21,7 +22,7 @@ from torch import nn
 from fedft import keys
 from fedft.accounting import Phase
 from fedft.body import codec
-from fedft.body.codec import WIRE_DTYPES, WireDtype, check_wire_dtype
+from fedft.body.codec import Frame, WireDtype, WireFormat, check_wire_dtype, wire_format
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -75,10 +76,16 @@ class SessionSpec:
     D: int
     max_batch: int
     cut: tuple[int, int] | None = None  # (head_blocks, tail_blocks); None: the service's own body
+    grad_wire: WireDtype | None = None  # the gradients' wire format; None: the same as ``wire``
+    feedback: bool = False  # error feedback on top-k gradient frames (both senders)
 
     def to_json(self) -> bytes:
         """The Open payload a client sends (no checks here: the service checks it)."""
         d: dict = {key: getattr(self, attr) for attr, key in OPEN_FIELDS.items()}
+        if self.grad_wire is not None and self.grad_wire != self.wire:
+            d[keys.BODY_OPEN_GRAD_WIRE] = self.grad_wire
+        if self.feedback:
+            d[keys.BODY_OPEN_FEEDBACK] = True
         if self.cut is not None:
             d[keys.BODY_OPEN_CUT] = list(self.cut)
         return json.dumps(d).encode()
@@ -103,7 +110,8 @@ class SessionSpec:
         if type(d[keys.BODY_OPEN_ROUND]) is not int or d[keys.BODY_OPEN_ROUND] < 0:
             raise invalid(f"Open field 'round' must be an integer >= 0, got {d['round']!r}")
         try:
-            check_wire_dtype(d[keys.BODY_OPEN_WIRE])
+            wire = check_wire_dtype(d[keys.BODY_OPEN_WIRE])
+            grad_wire = check_wire_dtype(d.get(keys.BODY_OPEN_GRAD_WIRE, wire))
         except ValueError as e:
             raise invalid(str(e)) from None
         phase = d[keys.BODY_OPEN_PHASE]
@@ -112,12 +120,15 @@ class SessionSpec:
         client = d[keys.BODY_OPEN_CLIENT]
         if isinstance(client, bool) or not isinstance(client, str | int) or not 0 < len(str(client)) <= 256:
             raise invalid(f"Open field 'client' must be a short non-empty string, got {client!r}")
+        feedback = d.get(keys.BODY_OPEN_FEEDBACK, False)
+        if not isinstance(feedback, bool):
+            raise invalid(f"Open field 'feedback' must be true or false, got {feedback!r}")
         cut = d.get(keys.BODY_OPEN_CUT)
         if cut is not None and (not isinstance(cut, list) or len(cut) != 2
                                 or any(type(c) is not int or c < 0 for c in cut)):
             raise invalid(f"Open field 'cut' must be [head_blocks, tail_blocks], two integers >= 0, got {cut!r}")
-        spec = cls(**{**{attr: d[key] for attr, key in OPEN_FIELDS.items()}, "client": str(client)},
-                   cut=None if cut is None else (cut[0], cut[1]))
+        spec = cls(**{**{attr: d[key] for attr, key in OPEN_FIELDS.items()}, "client": str(client),
+                      "wire": wire}, cut=None if cut is None else (cut[0], cut[1]), grad_wire=grad_wire, feedback=feedback)
         if spec.max_request_bytes > max_message_bytes:
             raise invalid(f"max_batch x T x D = {spec.max_batch} x {spec.T} x {spec.D} needs "
                           f"{spec.max_request_bytes} bytes per message; the service allows "
@@ -125,13 +136,19 @@ class SessionSpec:
         return spec
 
     @property
-    def dtype(self) -> torch.dtype:
-        return WIRE_DTYPES[self.wire]
+    def act_format(self) -> WireFormat:
+        return wire_format(self.wire)
+
+    @property
+    def grad_format(self) -> WireFormat:
+        return wire_format(self.wire if self.grad_wire is None else self.grad_wire)
 
     @property
     def max_request_bytes(self) -> int:
-        """Largest valid Forward request: a (max_batch, T, D) frame plus an int64 mask frame."""
-        return (codec.frame_nbytes((self.max_batch, self.T, self.D), self.dtype)
+        """Largest valid Forward request, and the most any of its frames may decode to: a
+        (max_batch, T, D) float32 frame plus an int64 mask frame (a compressed frame is smaller
+        on the wire, never once decoded)."""
+        return (codec.frame_nbytes((self.max_batch, self.T, self.D), torch.float32)
                 + codec.frame_nbytes((self.max_batch, self.T), torch.int64))
 
 
@@ -164,24 +181,32 @@ def _finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
+def _check_format(frame: Frame, fmt: WireFormat, what: str) -> torch.Tensor:
+    """The frame's tensor if it travelled in the negotiated format (and parameter)."""
+    t = frame.tensor
+    D = int(t.shape[-1]) if t.dim() else 1
+    if frame.kind != fmt.kind or frame.param != fmt.expected_param(D):
+        got = frame.kind + (f" (parameter {frame.param})" if frame.param else "")
+        raise invalid(f"{what} arrived as {got}, the session negotiated {fmt.name}")
+    return t
+
+
 def check_forward(
-    tensors: Sequence[torch.Tensor], spec: SessionSpec
+    frames: Sequence[Frame], spec: SessionSpec
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Check a Forward request, frames ``h (B, T', D)`` and optional ``mask (B, T')``: ``T'`` may
     be shorter than the negotiated ``T`` (language-model batches are padded per batch)."""
-    if len(tensors) not in (1, 2):
-        raise invalid(f"Forward takes 1 or 2 frames (h [, mask]), got {len(tensors)}")
-    h = tensors[0]
-    if h.dtype != spec.dtype:
-        raise invalid(f"h has dtype {h.dtype}, the session negotiated {spec.wire} ({spec.dtype})")
+    if len(frames) not in (1, 2):
+        raise invalid(f"Forward takes 1 or 2 frames (h [, mask]), got {len(frames)}")
+    h = _check_format(frames[0], spec.act_format, "h")
     shape = tuple(h.shape)
     if len(shape) != 3 or not (1 <= shape[0] <= spec.max_batch and 1 <= shape[1] <= spec.T) or shape[2] != spec.D:
         raise invalid(f"h has shape {shape}, expected (B <= {spec.max_batch}, T <= {spec.T}, {spec.D})")
     if not _finite(h):
         raise invalid("h contains NaN or infinite values")
-    if len(tensors) == 1:
+    if len(frames) == 1:
         return h, None
-    mask = tensors[1]
+    mask = frames[1].tensor
     if mask.dtype not in MASK_DTYPES:
         raise invalid(f"mask has dtype {mask.dtype}, expected bool or an integer type")
     if tuple(mask.shape) != shape[:2]:
@@ -192,14 +217,12 @@ def check_forward(
 
 
 def check_grad(
-    tensors: Sequence[torch.Tensor], spec: SessionSpec, out_shape: tuple[int, ...]
+    frames: Sequence[Frame], spec: SessionSpec, out_shape: tuple[int, ...]
 ) -> torch.Tensor:
     """Check a Backward request: one frame shaped like the last Forward output."""
-    if len(tensors) != 1:
-        raise invalid(f"Backward takes 1 frame (grad), got {len(tensors)}")
-    g = tensors[0]
-    if g.dtype != spec.dtype:
-        raise invalid(f"grad has dtype {g.dtype}, the session negotiated {spec.wire} ({spec.dtype})")
+    if len(frames) != 1:
+        raise invalid(f"Backward takes 1 frame (grad), got {len(frames)}")
+    g = _check_format(frames[0], spec.grad_format, "grad")
     if tuple(g.shape) != out_shape:
         raise invalid(f"grad has shape {tuple(g.shape)}, the last Forward output was {out_shape}")
     if not _finite(g):

@@ -32,6 +32,7 @@ from torch import nn
 from fedft.accounting import CommLedger, Direction, Kind, Phase
 from fedft.body.spec import DEFAULT_MAX_MESSAGE_BYTES, CutBodies, ServiceError, SessionSpec
 from fedft.body.transport import BodySession
+from fedft.body.wire import ErrorFeedback
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class Session:
         self.last_used = time.monotonic()
         self.out_shape: tuple[int, ...] = ()
         self.steps = 0
+        self.grads = ErrorFeedback(spec.grad_format, spec.feedback)  # encodes the gradients sent down
         self._state = threading.Lock()  # makes begin_step / end_step / free atomic
         self._pending = False  # a Forward whose Backward has not come yet; owns the replica
         self._closed = False

@@ -21,8 +21,7 @@ from torch import nn
 
 from fedft.accounting import CommLedger, Kind, Phase
 from fedft.body import codec
-from fedft.body.codec import WireDtype
-from fedft.body.spec import check_wire_dtype
+from fedft.body.wire import Wire
 
 
 class Transport(Protocol):
@@ -94,23 +93,24 @@ class LoopbackTransport:
         round: int = 0,
         client: str = "0",
         phase: str = Phase.SPLIT,
-        wire: WireDtype = "fp32",
+        wire: Wire | str = "fp32",
     ) -> None:
         self.session, self.ledger = session, ledger
         self.round, self.client, self.phase = round, client, phase
-        self.wire = check_wire_dtype(wire)
+        self.wire = wire if isinstance(wire, Wire) else Wire(wire)
+        self._grads_up, self._grads_down = self.wire.grad_encoder(), self.wire.grad_encoder()
 
-    def _send(self, kind: Kind, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        msg = codec.encode_many(tensors, self.wire)
+    def _send(self, kind: Kind, msg: bytes) -> list[torch.Tensor]:
         self.ledger.add(self.round, self.client, self.phase, kind, len(msg))
         return codec.decode_many(msg)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        recv = self._send(Kind.ACTIVATIONS_UP, [h] if mask is None else [h, mask])
+        msg = codec.encode_many([h] if mask is None else [h, mask], self.wire.act)
+        recv = self._send(Kind.ACTIVATIONS_UP, msg)
         z = self.session.forward(recv[0], recv[1] if len(recv) > 1 else None)
-        return self._send(Kind.ACTIVATIONS_DOWN, [z])[0].to(h.dtype)
+        return self._send(Kind.ACTIVATIONS_DOWN, codec.encode(z, self.wire.act))[0].to(h.dtype)
 
     def backward(self, grad: torch.Tensor) -> torch.Tensor:
-        (g_z,) = self._send(Kind.GRADS_UP, [grad])
+        (g_z,) = self._send(Kind.GRADS_UP, self._grads_up.encode(grad))
         g_h = self.session.backward(g_z.float())
-        return self._send(Kind.GRADS_DOWN, [g_h])[0].to(grad.dtype)
+        return self._send(Kind.GRADS_DOWN, self._grads_down.encode(g_h))[0].to(grad.dtype)

@@ -19,6 +19,7 @@ import torch
 
 from fedft import keys
 from fedft.accounting import CommLedger
+from fedft.body.wire import Wire
 from fedft.config import ExperimentConfig
 from fedft.data.datasets import encode, load_raw
 from fedft.data.partition import Partitions, partition
@@ -137,7 +138,7 @@ def client_round(
     return upload(rt.method, rt.model, rt.parts), metrics
 
 
-def grpc_opener(address: str, token: str, ledger: CommLedger, round: int, client: str, wire: str,
+def grpc_opener(address: str, token: str, ledger: CommLedger, round: int, client: str, wire: Wire,
                 max_batch: int, root_certificates: bytes | None = None,
                 cut: SplitSpec | None = None) -> OpenTransport:
     """An ``open_transport`` over the gRPC body service; ``cut``: the client's, sent at Open."""
@@ -147,7 +148,7 @@ def grpc_opener(address: str, token: str, ledger: CommLedger, round: int, client
 
     @contextmanager
     def opener(phase: str, T: int, D: int):  # noqa: ANN202
-        with GrpcTransport(address, token, ledger, round=round, client=client, phase=phase, wire=wire,  # type: ignore[arg-type]
+        with GrpcTransport(address, token, ledger, round=round, client=client, phase=phase, wire=wire,
                            T=T, D=D, max_batch=max_batch, root_certificates=root_certificates, cut=pair) as t:
             yield t
 

@@ -9,6 +9,7 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from fedft import keys
 from fedft.accounting import CommLedger
+from fedft.body.wire import Wire
 from fedft.config import ExperimentConfig
 from fedft.federated.client import client_cut, client_round, grpc_opener, runtime
 from fedft.federated.records import from_arrays, reply_content
@@ -32,7 +33,7 @@ def handle_train(content: RecordDict, pid: int, state: dict | None = None) -> Re
     if keys.BODY_ADDRESS in config:
         root = config.get(keys.BODY_ROOT_CERT)
         opener = grpc_opener(str(config[keys.BODY_ADDRESS]), str(config[keys.BODY_TOKEN]), ledger, round,
-                             str(pid), cfg.split.wire_dtype, cfg.train.batch_size,
+                             str(pid), Wire.of(cfg.split), cfg.train.batch_size,
                              root if isinstance(root, bytes) else None, client_cut(cfg, pid))
     clock = client_clock(cfg, pid, content, ledger, meter) if cfg.resources.enabled else None
     update, metrics = client_round(rt, round, pid, from_arrays(content[keys.ARRAYS]), opener, state,  # type: ignore[arg-type]

@@ -13,9 +13,8 @@ same shapes and dtypes (AdamW: 2 x the trainable bytes + a float32 step per tens
 the head output, the logits and their gradient (backward's first transient, the largest for a
 language model: 8 x 256 x 49,152 floats for SmolLM2); split: the head's forward then the tail's on a tensor of the
 body output's shape (the body runs on the server); FL: the whole forward and loss. ``wire``
-(split): one batch's four encoded messages (:mod:`fedft.body.codec` frames at
-``split.wire_dtype``, the mask with the activations) plus the body output, the gradient at it and
-the head's received gradient. ``runtime``: :data:`RUNTIME_OVERHEAD_BYTES`, the idle process.
+(split): one batch's four encoded messages (:mod:`fedft.body.codec` frames in the split's wire
+formats, the mask with the activations), the body output, its gradient and the head's gradient. ``runtime``: :data:`RUNTIME_OVERHEAD_BYTES`, the idle process.
 
 Not included, so ``total`` is a floor (experiments/resources_fit.py --validate compares it with a
 real process): allocator fragmentation, transient workspaces (matmul and attention scratch, the
@@ -143,10 +142,11 @@ class _Saved:
 
 
 def _wire_bytes(cfg: ExperimentConfig, h: torch.Tensor, mask: torch.Tensor | None) -> int:
-    from fedft.body.codec import WIRE_DTYPES, frame_nbytes
+    from fedft.body import Wire, codec
 
-    wire = WIRE_DTYPES[cfg.split.wire_dtype]
-    frames = 4 * frame_nbytes(h.shape, wire) + (0 if mask is None else frame_nbytes(mask.shape, mask.dtype))
+    w = Wire.of(cfg.split)  # two frames of activations and two of gradients, plus the mask
+    frames = 2 * (w.act_format.frame_nbytes(h.shape) + w.grad_format.frame_nbytes(h.shape)) + (
+        0 if mask is None else codec.frame_nbytes(mask.shape, mask.dtype))
     return frames + 3 * h.numel() * h.element_size()  # body output, its gradient, the head's gradient
 
 
