@@ -109,7 +109,7 @@ def test_privacy_refuses_what_it_cannot_attack(tmp_path, capsys):
     assert main(["privacy", str(d), *ARGS]) == 1
     assert "sends no activations" in capsys.readouterr().err
     d = _run(tmp_path, "ok")
-    assert main(["privacy", str(d), "--codecs", "int4"]) == 1
+    assert main(["privacy", str(d), "--codecs", "int3"]) == 1
     assert "unknown wire dtype" in capsys.readouterr().err
     assert main(["privacy", str(tmp_path / "missing")]) == 1
 

@@ -36,6 +36,7 @@ VERSION = 1
 HEADER_BYTES = 8
 DIM_BYTES = 8
 MAX_DIMS = 8
+MAX_EXTENT = 2**48  # [D] most values the non-zero dims of a frame may span (zeros count as 1)
 _HEAD = struct.Struct("<2sBBB3x")
 _U32 = struct.Struct("<I")
 
@@ -248,7 +249,7 @@ def _decode_lossy(r: _Reader, kind: str, shape: tuple[int, ...]) -> Frame:
             raise CodecError(f"int4 group size {param} invalid (even, 2..4096)")
         G = -(-D // param)
         s = torch.from_numpy(r.array("<f4", R * G, "scales")).view(R, G)
-        packed = torch.from_numpy(r.array("u1", R * G * param // 2, "int4 values")).view(R, -1)
+        packed = torch.from_numpy(r.array("u1", R * G * param // 2, "int4 values")).view(R, G * param // 2)
         return Frame(quant.int4_restore(packed, s, D).reshape(shape), kind, param)
     if D > quant.MAX_TOPK_COLUMNS or param > D or (param == 0 and D > 0):
         raise CodecError(f"top-k k = {param} invalid for rows of {D} values")
@@ -273,6 +274,9 @@ def _decode_at(buf: bytes | memoryview, offset: int, max_bytes: int | None) -> t
         raise CodecError(f"too many dimensions: {ndim} (at most {MAX_DIMS})")
     r = _Reader(buf, offset + HEADER_BYTES)
     shape = tuple(int(d) for d in r.array("<u8", ndim, "shape"))
+    if int(np.prod([max(d, 1) for d in shape], dtype=object)) > MAX_EXTENT:
+        # numpy and torch cannot even describe such a shape, empty or not
+        raise CodecError(f"shape {shape} spans more than {MAX_EXTENT} values")
     n = int(np.prod(shape, dtype=object)) if ndim else 1
     kind = _KIND_OF_CODE[code]
     # what the frame decodes to: float32 for compressed frames, else its own dtype

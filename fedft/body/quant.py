@@ -26,7 +26,9 @@ MAX_TOPK_COLUMNS = 2**16  # indices travel as uint16
 def _rows(x: torch.Tensor) -> torch.Tensor:
     """``x`` as float32 ``(R, D)``; a 0-d tensor is one row of one value."""
     x = x.detach().float()
-    return x.reshape(1, 1) if x.dim() == 0 else x.reshape(-1, x.shape[-1])
+    if x.dim() == 0:
+        return x.reshape(1, 1)
+    return x.reshape(x.shape[:-1].numel(), x.shape[-1])  # not -1: an empty tensor has no inferred size
 
 
 def _scale(rows: torch.Tensor, qmax: int) -> torch.Tensor:
@@ -66,7 +68,7 @@ def int4_groups(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor
     grouped = padded.view(R, G, group)
     s = grouped.abs().amax(dim=-1) / INT4_MAX  # (R, G)
     q = _divide(grouped, s[..., None]).round().clamp_(-INT4_MAX, INT4_MAX).to(torch.int16) + 8
-    q = q.view(R, -1).to(torch.uint8)
+    q = q.view(R, G * group).to(torch.uint8)
     return q[:, 0::2] | (q[:, 1::2] << 4), s
 
 
@@ -76,8 +78,9 @@ def int4_restore(packed: torch.Tensor, s: torch.Tensor, D: int) -> torch.Tensor:
     q = torch.empty(R, packed.shape[1] * 2, dtype=torch.int16)
     q[:, 0::2] = (packed & 0x0F).to(torch.int16)
     q[:, 1::2] = (packed >> 4).to(torch.int16)
-    vals = (q - 8).float().view(R, G, -1) * s.float()[..., None]
-    return vals.view(R, -1)[:, :D]
+    group = q.shape[1] // G if G else 0
+    vals = (q - 8).float().view(R, G, group) * s.float()[..., None]
+    return vals.view(R, G * group)[:, :D].contiguous()  # the padding's storage is not kept
 
 
 def topk_k(D: int, fraction: float) -> int:
