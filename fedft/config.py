@@ -165,6 +165,8 @@ class FederationConfig:
     clients_per_round: int = 0  # 0 = all clients every round
     eval_every: int = 1
     cpus_per_client: float = 1.0
+    # format of the parameter arrays through Flower, both ways (uploads as deltas): docs/wire.md
+    params_wire: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     options: PluginOptions = ()  # ((plugin, options), ...) from the [federation.<name>] tables
 
     def __post_init__(self) -> None:

@@ -5,11 +5,13 @@ runs one SuperNode serving one partition. TLS and SuperNode authentication are o
 
     fedft deploy certs --out certs --hosts 10.0.0.1 --nodes 3          # once, on the server
     fedft deploy superlink --certs certs                               # server
-    fedft deploy register --certs certs --superlink 10.0.0.1:8000      # server: allow the 3 keys
+    fedft deploy register --certs certs --superlink 127.0.0.1:8000     # server: allow the 3 keys
     fedft deploy supernode --certs certs --superlink 10.0.0.1:8000 --partition-id 0 --num-partitions 3
-    fedft deploy submit --certs certs --superlink 10.0.0.1:8000 --body-host 10.0.0.1 -c job.toml
+    fedft deploy submit --certs certs --superlink 127.0.0.1:8000 --body-host 10.0.0.1 -c job.toml
 
-Every subcommand prints the command it runs; ``--dry-run`` only prints. See
+The SuperLink's Control API (register, submit, ``flwr ls/stop``) answers only on the server host
+unless ``--expose-control-api`` (:mod:`fedft.superlink_guard`); the Fleet API on the same port
+serves every host. Every subcommand prints the command it runs; ``--dry-run`` only prints. See
 ``experiments/deploy/README.md``.
 """
 
@@ -111,9 +113,10 @@ def tool(name: str) -> str:
 
 
 def superlink_command(cert_dir: Path, host: str = "0.0.0.0", port: int = 8000, database: str = "",
-                      insecure: bool = False) -> list[str]:
-    """``flower-superlink`` with TLS, SuperNode authentication and no runtime dependency installation."""
-    cmd = [tool("flower-superlink")]
+                      insecure: bool = False, expose_control_api: bool = False) -> list[str]:
+    """``flower-superlink`` with TLS, SuperNode authentication and no runtime dependency installation;
+    run by :mod:`fedft.superlink_guard` (Control API for this host only) unless ``expose_control_api``."""
+    cmd = [tool("flower-superlink")] if expose_control_api else [sys.executable, "-m", "fedft.superlink_guard"]
     cmd += ["--insecure"] if insecure else ["--ssl-ca-certfile", str(cert_dir / CA_CERT),
                                             "--ssl-certfile", str(cert_dir / SERVER_CERT),
                                             "--ssl-keyfile", str(cert_dir / SERVER_KEY)]
@@ -221,8 +224,11 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 def cmd_superlink(args: argparse.Namespace) -> int:
     _warn_insecure(args)
-    return _run([superlink_command(Path(args.certs), args.host, args.port, args.database, args.insecure)],
-                args, exec_last=True)
+    if args.expose_control_api:
+        print("fedft deploy: WARNING: --expose-control-api lets every host that reaches the port submit "
+              "runs and register SuperNode keys; restrict it with a firewall", file=sys.stderr)
+    return _run([superlink_command(Path(args.certs), args.host, args.port, args.database, args.insecure,
+                                   args.expose_control_api)], args, exec_last=True)
 
 
 def cmd_supernode(args: argparse.Namespace) -> int:
@@ -292,6 +298,8 @@ def add_deploy_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--host", default="0.0.0.0", help="listen address (default all interfaces)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--database", default="", help="SQLite state file (default in memory)")
+    s.add_argument("--expose-control-api", action="store_true",
+                   help="serve the Control API (submit, register keys) to every host, not only this one")
     s.set_defaults(fn=cmd_superlink)
 
     for name, fn, hlp in (("register", cmd_register, "allow SuperNode public keys (flwr supernode register)"),

@@ -73,7 +73,11 @@ def evaluate_run(run_dir: str | Path, test_size: int = 0, batch_size: int = 0) -
     run = load_run(run_dir, test_size)
     cfg, path = run.cfg, Path(run_dir)
     test = encode(run.raw, "test", run.preprocess, cfg.data.max_length)
-    result = evaluate(run.model, test, batch_size or cfg.train.eval_batch_size)
+    from fedft.federated.client import split_parts
+    from fedft.split.served import served
+
+    model = served(run.model, split_parts(cfg, run.model), cfg.split.wire_dtype)  # split: over its wire
+    result = evaluate(model, test, batch_size or cfg.train.eval_batch_size)
     out = {"run_dir": str(path), "strategy": cfg.federation.strategy, "round": run.round,
            "test_samples": result.n, "accuracy": result.accuracy, "loss": result.loss}
     if cfg.generate.data:  # the run's generative evaluation again, with the completions written

@@ -4,8 +4,10 @@ service restarted in the middle of a round (in-process engine)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import ipaddress
+import sys
 import tomllib
 from pathlib import Path
 
@@ -66,7 +68,7 @@ def test_flower_accepts_the_node_public_key(certs):
 
 def test_superlink_and_supernode_commands(certs):
     link = deploy.superlink_command(certs, port=9000, database="state.db")
-    assert link[0].endswith("flower-superlink") and "--insecure" not in link
+    assert link[:3] == [sys.executable, "-m", "fedft.superlink_guard"] and "--insecure" not in link
     for flag, value in (("--ssl-ca-certfile", "ca.crt"), ("--ssl-certfile", "server.pem"),
                         ("--ssl-keyfile", "server.key"), ("--port", "9000"), ("--host", "0.0.0.0"),
                         ("--database", "state.db")):
@@ -82,6 +84,59 @@ def test_superlink_and_supernode_commands(certs):
     assert "--allow-runtime-dependency-installation" not in node
     assert "--insecure" in deploy.superlink_command(certs, insecure=True)
     assert "--root-certificates" not in deploy.supernode_command(certs, "h:1", 0, 1, insecure=True)
+
+
+def test_control_api_local_by_default_exposed_only_on_request(certs, capsys):
+    """The SuperLink runs behind fedft.superlink_guard unless --expose-control-api (with a warning)."""
+    exposed = deploy.superlink_command(certs, expose_control_api=True)
+    assert exposed[0].endswith("flower-superlink") and "superlink_guard" not in " ".join(exposed)
+    assert exposed[1:] == deploy.superlink_command(certs)[3:]  # the same Flower flags either way
+    args = parser().parse_args(["deploy", "superlink", "--certs", str(certs), "--dry-run"])
+    assert args.fn(args) == 0
+    out = capsys.readouterr()
+    assert "-m fedft.superlink_guard" in out.out and out.err == ""
+    args = parser().parse_args(["deploy", "superlink", "--certs", str(certs), "--dry-run", "--expose-control-api"])
+    assert args.fn(args) == 0
+    out = capsys.readouterr()
+    assert "superlink_guard" not in out.out and "--expose-control-api" in out.err
+
+
+def test_control_guard_refuses_other_hosts_on_control_paths_only():
+    from fedft.superlink_guard import CONTROL_PREFIX, ControlGuard, is_local
+
+    def call(path: str, client: str, server: str = "10.0.0.7") -> int:
+        sent, reached = [], []
+
+        async def app(scope, receive, send):
+            reached.append(scope["path"])
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+
+        async def send(msg):
+            sent.append(msg)
+
+        scope = {"type": "http", "path": path, "client": (client, 5555), "server": (server, 8000)}
+        asyncio.run(ControlGuard(app)(scope, None, send))
+        assert bool(reached) == (sent[0]["status"] == 200)
+        return sent[0]["status"]
+
+    assert call(f"{CONTROL_PREFIX}/start-run", "10.0.0.9") == 403  # another host
+    assert call(f"{CONTROL_PREFIX}/start-run", "127.0.0.1") == 200  # loopback
+    assert call(f"{CONTROL_PREFIX}/start-run", "::1", "::1") == 200
+    assert call(f"{CONTROL_PREFIX}/start-run", "10.0.0.7") == 200  # this host dialling its own IP
+    assert call("/v1/fleet/pull-messages", "10.0.0.9") == 200  # SuperNodes keep the Fleet API
+    assert not is_local({"type": "http", "path": CONTROL_PREFIX})  # no peer: refused
+
+
+def test_control_guard_installs_into_flowers_app_factory(monkeypatch):
+    import flwr.superlink.main as link_main
+
+    from fedft import superlink_guard
+
+    monkeypatch.setattr(link_main, "create_app", link_main.create_app)  # restored after the test
+    superlink_guard.install()
+    superlink_guard.install()  # idempotent
+    app = link_main.create_app()
+    assert [m.cls for m in app.user_middleware][0] is superlink_guard.ControlGuard  # outermost
 
 
 def test_insecure_only_with_a_warning(certs, capsys):
@@ -144,12 +199,26 @@ def test_deploy_config_checks_and_tls_files(certs):
         DeployConfig(body_host="0.0.0.0")
     with pytest.raises(ConfigError, match="round_timeout_s"):
         ExperimentConfig.from_overrides(["deploy.round_timeout_s=0"])
-    assert body_service_args(DeployConfig()) == {"host": "127.0.0.1", "port": 0, "tls": None}
+    args = body_service_args(DeployConfig())
+    assert {k: args[k] for k in ("host", "port", "tls")} == {"host": "127.0.0.1", "port": 0, "tls": None}
     d = DeployConfig(body_host="10.0.0.7", body_tls=True, cert_dir=str(certs))
     assert body_service_args(d)["tls"] == ((certs / "server.pem").read_bytes(), (certs / "server.key").read_bytes())
     assert body_root_cert(d) == (certs / "ca.crt").read_bytes()
     with pytest.raises(ConfigError, match="cannot read"):
         body_root_cert(DeployConfig(body_tls=True, cert_dir=str(certs / "missing")))
+
+
+def test_body_limits_from_the_deploy_section():
+    from fedft.body.limits import BodyLimits
+    from fedft.deploy_config import body_limits
+
+    assert body_limits(DeployConfig()) == BodyLimits()  # the section's [D] defaults are the service's
+    lim = body_limits(DeployConfig(body_max_sessions=9, body_memory_budget_gib=0.5))
+    assert lim.max_sessions == 9 and lim.memory_budget_bytes == 2**29
+    assert body_service_args(DeployConfig())["limits"] == BodyLimits()
+    for bad in ({"body_max_sessions": 0}, {"body_max_requests_per_session": -1}, {"body_memory_budget_gib": 0}):
+        with pytest.raises(ConfigError, match=f"deploy.{next(iter(bad))}"):
+            DeployConfig(**bad)
 
 
 def test_tls_body_service_with_generated_certs(certs, tmp_path):

@@ -155,3 +155,24 @@ def test_int8_wire_in_a_federated_run_records_compressed_activation_bytes(tmp_pa
     ratio = out["int8"][Kind.ACTIVATIONS_UP] / out["fp32"][Kind.ACTIVATIONS_UP]
     assert 0.24 <= ratio <= 0.30
     assert out["int8"][Kind.PARAMS_UP] == out["fp32"][Kind.PARAMS_UP]
+
+
+def test_a_split_model_is_evaluated_over_its_wire_and_fp32_changes_nothing():
+    from fedft.data.datasets import encode, load_raw
+    from fedft.federated.client import split_parts
+    from fedft.model import build_model
+    from fedft.split.served import OverTheWire, served
+    from fedft.train import evaluate
+
+    cfg = ExperimentConfig.from_overrides([*TINY, "data.val_size=0"])
+    raw = load_raw(cfg.data, 0)
+    model, _, pre = build_model(cfg, raw.num_labels)
+    parts = split_parts(cfg, model)
+    assert served(model, parts, "fp32") is model and served(model, None, "int8") is model
+    test = encode(raw, "test", pre, cfg.data.max_length)
+    with torch.no_grad():
+        plain = evaluate(model, test, 8)
+        chained = evaluate(OverTheWire(model, parts, "fp32"), test, 8)
+        wired = evaluate(served(model, parts, "topk:0.25"), test, 8)
+    assert chained.loss == pytest.approx(plain.loss, rel=1e-5)
+    assert wired.loss != pytest.approx(plain.loss, rel=1e-5)  # 3/4 of each row is dropped at both cuts

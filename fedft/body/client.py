@@ -42,6 +42,15 @@ class BodyServiceError(FedftError):
         self.method, self.code, self.details = method, code, details
 
 
+def _decode_like(reply: bytes, sent: torch.Tensor) -> torch.Tensor:
+    """The reply's one frame, which must decode to ``sent``'s shape (the body keeps shapes): the
+    cap is ``sent``'s float32 size, so even a reply from a rogue service cannot claim more."""
+    t = codec.decode(reply, max_bytes=codec.frame_nbytes(sent.shape, torch.float32))
+    if t.shape != sent.shape:
+        raise codec.CodecError(f"the body service replied with shape {tuple(t.shape)} to {tuple(sent.shape)}")
+    return t.to(device=sent.device, dtype=sent.dtype)
+
+
 def method_path(name: str) -> str:
     """Full gRPC path of a body-service method, e.g. ``/fedft.Body/Forward``."""
     return f"/{keys.BODY_SERVICE}/{name}"
@@ -155,13 +164,13 @@ class GrpcTransport:
         """Send the head output (and the (B, T) mask); return the body output."""
         request = codec.encode_many([h] if mask is None else [h, mask], self.wire.act)
         reply = self._step(keys.BODY_FORWARD, request, Kind.ACTIVATIONS_UP, Kind.ACTIVATIONS_DOWN)
-        return codec.decode(reply).to(device=h.device, dtype=h.dtype)
+        return _decode_like(reply, h)
 
     def backward(self, grad: torch.Tensor) -> torch.Tensor:
         """Send the gradient at the body output; return the gradient at the body input."""
         request = self._grads.encode(grad)
         reply = self._step(keys.BODY_BACKWARD, request, Kind.GRADS_UP, Kind.GRADS_DOWN)
-        return codec.decode(reply).to(device=grad.device, dtype=grad.dtype)
+        return _decode_like(reply, grad)
 
     # ---- helpers -------------------------------------------------------------------------------
 

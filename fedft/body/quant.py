@@ -80,7 +80,8 @@ def int4_restore(packed: torch.Tensor, s: torch.Tensor, D: int) -> torch.Tensor:
     q[:, 1::2] = (packed >> 4).to(torch.int16)
     group = q.shape[1] // G if G else 0
     vals = (q - 8).float().view(R, G, group) * s.float()[..., None]
-    return vals.view(R, G * group)[:, :D].contiguous()  # the padding's storage is not kept
+    out = vals.view(R, G * group)[:, :D]
+    return out.clone(memory_format=torch.contiguous_format) if D < G * group else out  # not the padding
 
 
 def topk_k(D: int, fraction: float) -> int:

@@ -16,7 +16,9 @@ The token and the session id travel in gRPC metadata (:mod:`fedft.keys`); reques
 against the negotiated :class:`~fedft.body.spec.SessionSpec`. A bad request fails for
 its caller only: ``UNAUTHENTICATED`` (token), ``NOT_FOUND`` (session), ``INVALID_ARGUMENT``
 (payload), ``FAILED_PRECONDITION`` (Backward before Forward), ``UNAVAILABLE`` (a shared body
-busy for too long), ``INTERNAL`` (anything else, logged). Sessions idle for longer than the TTL
+busy for too long), ``RESOURCE_EXHAUSTED`` (a limit of :mod:`fedft.body.limits`: sessions, calls per
+session, memory, failed calls of one host; oversized messages), ``INTERNAL`` (anything else,
+logged). Sessions idle for longer than the TTL
 are reaped, so a vanished client frees its state. The wire formats are negotiated at Open
 (activations and gradients separately, :mod:`fedft.body.codec`): tensors arrive in them, the body
 computes in float32 and replies are encoded back in them. Both sides record
@@ -25,7 +27,6 @@ the bytes of every completed call, so the two ledgers can be cross-checked.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import secrets
@@ -40,6 +41,7 @@ from torch import nn
 from fedft import keys
 from fedft.accounting import Direction, Kind, Phase
 from fedft.body import codec
+from fedft.body.limits import BodyLimits, Gate
 from fedft.body.spec import (
     DEFAULT_MAX_MESSAGE_BYTES,
     CutBodies,
@@ -132,8 +134,9 @@ class BodyService(BodyState):
                     raise ServiceError("FAILED_PRECONDITION",
                                        f"Backward before Forward in session {sid}")
                 cap = codec.frame_nbytes(s.out_shape, torch.float32)  # decoded size: any format
-                if len(payload) > cap:
-                    raise invalid(f"Backward request of {len(payload)} bytes exceeds {cap} bytes")
+                wire_cap = max(cap, spec.grad_format.frame_nbytes(s.out_shape))  # int4/top-k may be longer
+                if len(payload) > wire_cap:
+                    raise invalid(f"Backward request of {len(payload)} bytes exceeds {wire_cap} bytes")
                 g = check_grad(_decode(payload, cap), spec, s.out_shape)
                 try:
                     g_h = s.body.backward(g.to(self._device, torch.float32))
@@ -150,7 +153,7 @@ class BodyService(BodyState):
 
     def close_session(self, sid: str, payload: bytes = b"") -> bytes:
         """End a session and free its state; return the JSON reply ``{steps}``."""
-        s = self._enter(sid)
+        s = self._enter(sid, count=False)
         try:
             with s.lock:
                 with self._lock:
@@ -176,21 +179,19 @@ def _decode(payload: bytes, cap: int) -> list[codec.Frame]:
 Call = Callable[[bytes, str, grpc.ServicerContext], bytes]
 
 
-def _rpc(name: str, call: Call, token: bytes) -> grpc.RpcMethodHandler:
-    """A raw-bytes unary handler: token check, then ``call``; errors become status codes."""
+def _rpc(name: str, call: Call, gate: Gate) -> grpc.RpcMethodHandler:
+    """A raw-bytes unary handler: the gate (token, expiry, per-host failures), then ``call``;
+    errors become status codes for this caller only."""
 
     def handler(request: bytes, context: grpc.ServicerContext) -> bytes:
+        peer = context.peer()
         try:
             md = dict(context.invocation_metadata())
-            got = md.get(keys.BODY_MD_TOKEN)
-            if got is None:
-                raise ServiceError("UNAUTHENTICATED", f"missing {keys.BODY_MD_TOKEN} metadata")
-            got_b = got if isinstance(got, bytes) else str(got).encode()
-            if not hmac.compare_digest(got_b, token):
-                raise ServiceError("UNAUTHENTICATED", "wrong token")
+            gate.check(md, peer)
             return call(request, str(md.get(keys.BODY_MD_SESSION, "")), context)
         except ServiceError as e:
-            log.info("body service %s refused: %s %s", name, e.status, e.message)
+            gate.record(name, e.status, peer)
+            log.info("body service %s refused %s: %s %s", name, peer, e.status, e.message)
             context.set_code(grpc.StatusCode[e.status])
             context.set_details(e.message)
         except Exception as e:
@@ -202,32 +203,46 @@ def _rpc(name: str, call: Call, token: bytes) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(handler)  # no (de)serializers: raw bytes
 
 
-def generic_handler(service: BodyService, token: str) -> grpc.GenericRpcHandler:
-    """The ``fedft.Body`` service for ``grpc.Server.add_generic_rpc_handlers``."""
-    t = token.encode()
+def generic_handler(service: BodyService, token: str, gate: Gate | None = None) -> grpc.GenericRpcHandler:
+    """The ``fedft.Body`` service for ``grpc.Server.add_generic_rpc_handlers`` (``gate``: the token
+    check; by default one over ``token`` and the service's limits)."""
+    g = gate or Gate(token, service.limits)
     return grpc.method_handlers_generic_handler(keys.BODY_SERVICE, {
-        keys.BODY_OPEN: _rpc(keys.BODY_OPEN, lambda r, sid, c: service.open(r), t),
+        keys.BODY_OPEN: _rpc(keys.BODY_OPEN, lambda r, sid, c: service.open(r), g),
         keys.BODY_FORWARD: _rpc(keys.BODY_FORWARD,
-                                lambda r, sid, c: service.forward(sid, r, c.is_active), t),
-        keys.BODY_BACKWARD: _rpc(keys.BODY_BACKWARD, lambda r, sid, c: service.backward(sid, r), t),
-        keys.BODY_CLOSE: _rpc(keys.BODY_CLOSE, lambda r, sid, c: service.close_session(sid, r), t),
+                                lambda r, sid, c: service.forward(sid, r, c.is_active), g),
+        keys.BODY_BACKWARD: _rpc(keys.BODY_BACKWARD, lambda r, sid, c: service.backward(sid, r), g),
+        keys.BODY_CLOSE: _rpc(keys.BODY_CLOSE, lambda r, sid, c: service.close_session(sid, r), g),
     })
 
 
 class BodyServiceHandle:
-    """A running body service: its address, token and state; :meth:`stop` shuts it down."""
+    """A running body service: its address, token, state and gate; :meth:`stop` shuts it down.
+
+    The token dies with the service: once stopped, the port is closed, and a later service (a new
+    run, or a restart) has a new token (:func:`new_token`), so an old token is refused there.
+    """
 
     def __init__(self, address: str, port: int, token: str, service: BodyService,
-                 server: grpc.Server, executor: ThreadPoolExecutor) -> None:
+                 server: grpc.Server, executor: ThreadPoolExecutor, gate: Gate | None = None) -> None:
         self.address, self.port, self.token, self.service = address, port, token, service
-        self._server, self._executor = server, executor
+        self._server, self._executor, self.gate = server, executor, gate
+        self.stopped = False
 
     def stop(self, grace: float | None = None) -> None:
-        """Stop serving (in-flight calls get ``grace`` seconds), join every thread, free state."""
-        self._server.stop(grace).wait()
-        self._executor.shutdown(wait=True)
-        self.service.stop_reaper()
-        self.service.reset()
+        """Stop serving (in-flight calls get ``grace`` seconds), join every thread, free state.
+        Idempotent; every step runs even when an earlier one fails."""
+        if self.stopped:
+            return
+        self.stopped = True
+        try:
+            self._server.stop(grace).wait()
+        finally:
+            try:
+                self._executor.shutdown(wait=True)
+            finally:
+                self.service.stop_reaper()
+                self.service.reset()
 
     def __enter__(self) -> BodyServiceHandle:
         return self
@@ -241,7 +256,7 @@ def start_body_service(
     make_optimizer: MakeOptimizer | None = None, max_workers: int = 8,
     tls: tuple[bytes, bytes] | None = None, session_ttl_s: float = 60.0,
     busy_timeout_s: float = 300.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    cuts: CutBodies | None = None,
+    cuts: CutBodies | None = None, limits: BodyLimits | None = None,
 ) -> BodyServiceHandle:
     """Serve ``body`` on ``host:port`` (port 0 picks a free one) and return its handle.
 
@@ -251,16 +266,21 @@ def start_body_service(
         busy_timeout_s: how long a Forward waits for a ``shared`` body owned by another client.
         cuts: serve each client from the cut its Open names (``body`` is the one at
             ``cuts.default``); without it, an Open naming a cut is refused.
+        limits: sessions, calls, memory, failed calls per host, token expiry
+            (:class:`~fedft.body.limits.BodyLimits`; its [D] defaults when ``None``).
     """
     if not token:
         raise ValueError("the body service needs a token; create one with new_token()")
-    service = BodyService(body, mode, make_optimizer, session_ttl_s=session_ttl_s,
-                          busy_timeout_s=busy_timeout_s, max_message_bytes=max_message_bytes, cuts=cuts)
+    limits = limits or BodyLimits()
+    service = BodyService(body, mode, make_optimizer, session_ttl_s=session_ttl_s, busy_timeout_s=busy_timeout_s,
+                          max_message_bytes=max_message_bytes, cuts=cuts, limits=limits)
+    gate = Gate(token, limits)
     executor = ThreadPoolExecutor(max_workers, thread_name_prefix=THREAD_PREFIX)
     options = [("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.max_send_message_length", max_message_bytes),
-               ("grpc.so_reuseport", 0)]
-    server = grpc.server(executor, handlers=[generic_handler(service, token)], options=options)
+               ("grpc.so_reuseport", 0), *limits.server_options()]
+    server = grpc.server(executor, handlers=[generic_handler(service, token, gate)], options=options,
+                         maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
     hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         if tls is None:
@@ -280,4 +300,4 @@ def start_body_service(
     address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
     log.info("body service (%s) listening on %s%s", service.mode.value, address,
              " with TLS" if tls else "")
-    return BodyServiceHandle(address, bound, token, service, server, executor)
+    return BodyServiceHandle(address, bound, token, service, server, executor, gate)

@@ -97,8 +97,8 @@ class SessionSpec:
             raise invalid(f"Open payload of {len(payload)} bytes exceeds {MAX_OPEN_BYTES} bytes")
         try:
             d = json.loads(payload)
-        except (UnicodeDecodeError, ValueError) as e:
-            raise invalid(f"Open payload is not JSON: {e}") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:  # deep nesting: RecursionError
+            raise invalid(f"Open payload is not JSON: {str(e)[:200]}") from None
         if not isinstance(d, dict):
             raise invalid("Open payload must be a JSON object")
         missing = [k for k in OPEN_FIELDS.values() if k not in d]
@@ -146,9 +146,11 @@ class SessionSpec:
     @property
     def max_request_bytes(self) -> int:
         """Largest valid Forward request, and the most any of its frames may decode to: a
-        (max_batch, T, D) float32 frame plus an int64 mask frame (a compressed frame is smaller
-        on the wire, never once decoded)."""
-        return (codec.frame_nbytes((self.max_batch, self.T, self.D), torch.float32)
+        (max_batch, T, D) frame, float32 or in the session's format, whichever is longer (int4
+        with groups wider than ``D`` and top-k keeping most of a row outgrow float32 on the
+        wire, never once decoded), plus an int64 mask frame."""
+        shape = (self.max_batch, self.T, self.D)
+        return (max(codec.frame_nbytes(shape, torch.float32), self.act_format.frame_nbytes(shape))
                 + codec.frame_nbytes((self.max_batch, self.T), torch.int64))
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from fedft.accounting import CommLedger, Direction, Kind, Phase
+from fedft.body.limits import BodyLimits
 from fedft.body.spec import DEFAULT_MAX_MESSAGE_BYTES, CutBodies, ServiceError, SessionSpec
 from fedft.body.transport import BodySession
 from fedft.body.wire import ErrorFeedback
@@ -51,9 +52,7 @@ class BodyMode(StrEnum):
 class Replica:
     """One body with its optimizer; an exclusive replica is owned by one session per batch."""
 
-    def __init__(
-        self, module: nn.Module, optimizer: torch.optim.Optimizer | None, exclusive: bool
-    ) -> None:
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer | None, exclusive: bool) -> None:
         self.module, self.optimizer, self.exclusive = module, optimizer, exclusive
         self.examples = 0  # samples back-propagated: the default FedAvg weight
         self._cond = threading.Condition()
@@ -101,6 +100,7 @@ class Session:
         self.last_used = time.monotonic()
         self.out_shape: tuple[int, ...] = ()
         self.steps = 0
+        self.requests = 0  # Forward + Backward calls, capped by BodyLimits.max_requests_per_session
         self.grads = ErrorFeedback(spec.grad_format, spec.feedback)  # encodes the gradients sent down
         self._state = threading.Lock()  # makes begin_step / end_step / free atomic
         self._pending = False  # a Forward whose Backward has not come yet; owns the replica
@@ -170,8 +170,10 @@ class BodyState:
         self, body: nn.Module, mode: BodyMode | str, make_optimizer: MakeOptimizer | None = None,
         *, session_ttl_s: float = 60.0, busy_timeout_s: float = 300.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, cuts: CutBodies | None = None,
+        limits: BodyLimits | None = None,
     ) -> None:
         self.mode = BodyMode(mode)
+        self.limits = limits or BodyLimits()  # session table, request and memory caps
         self.cuts = cuts  # per-client cuts: a frozen body per cut (heterogeneous split points)
         self._cut_replicas: dict[tuple[int, int], Replica] = {}
         if self.mode is not BodyMode.FROZEN and make_optimizer is None:
@@ -199,9 +201,12 @@ class BodyState:
         return self.make_optimizer([p for p in module.parameters() if p.requires_grad])
 
     def _new_session(self, spec: SessionSpec) -> str:
-        """Register a session on the replica that trains for ``spec.client``; return its id."""
+        """Register a session on the replica that trains for ``spec.client``; return its id
+        (``RESOURCE_EXHAUSTED`` when the session table or the memory budget is full)."""
         sid = secrets.token_urlsafe(16)
         with self._lock:
+            copies = self._copies if self.mode is BodyMode.PER_CLIENT and spec.phase != Phase.EVAL else None
+            self.limits.admit(spec, (s.spec for s in self._sessions.values()), copies)
             replica = self._global if spec.cut is None else self._cut_replica(spec.cut)
             if self.mode is BodyMode.PER_CLIENT and spec.phase != Phase.EVAL:
                 replica = self._copies.get(spec.client)
@@ -224,14 +229,24 @@ class BodyState:
             self._cut_replicas[cut] = Replica(self.cuts.make(*cut).eval(), None, exclusive=False)
         return self._cut_replicas[cut]
 
-    def _enter(self, sid: str) -> Session:
+    def _enter(self, sid: str, count: bool = True) -> Session:
+        """The session of a call (``count``: a Forward/Backward; past the cap it is closed)."""
         with self._lock:
             s = self._sessions.get(sid)
             if s is None:
                 raise ServiceError("NOT_FOUND", f"unknown session {sid[:64]!r} (closed or expired)")
-            s.busy += 1
-            s.last_used = time.monotonic()
-            return s
+            s.requests += count
+            over = s.requests > self.limits.max_requests_per_session
+            if over:
+                del self._sessions[sid]
+            else:
+                s.busy += 1
+                s.last_used = time.monotonic()
+        if over:
+            with s.lock:  # after a call still inside it
+                s.free()
+            self.limits.check_requests(sid, s.requests)
+        return s
 
     def _leave(self, s: Session) -> None:
         with self._lock:

@@ -13,6 +13,7 @@ from fedft.body.wire import Wire
 from fedft.config import ExperimentConfig
 from fedft.federated.client import client_cut, client_round, grpc_opener, runtime
 from fedft.federated.records import from_arrays, reply_content
+from fedft.federated.update_codec import decode_update, encode_update
 from fedft.flops import FlopsMeter
 from fedft.resources.timeline import TimelineLedger, client_clock
 
@@ -36,12 +37,12 @@ def handle_train(content: RecordDict, pid: int, state: dict | None = None) -> Re
                              str(pid), Wire.of(cfg.split), cfg.train.batch_size,
                              root if isinstance(root, bytes) else None, client_cut(cfg, pid))
     clock = client_clock(cfg, pid, content, ledger, meter) if cfg.resources.enabled else None
-    update, metrics = client_round(rt, round, pid, from_arrays(content[keys.ARRAYS]), opener, state,  # type: ignore[arg-type]
-                                   meter=meter, clock=clock)
+    received = decode_update(from_arrays(content[keys.ARRAYS]), cfg.federation.params_wire)  # type: ignore[arg-type]
+    update, metrics = client_round(rt, round, pid, received, opener, state, meter=meter, clock=clock)
     for kind, nbytes in ledger.by_kind().items():
         metrics[f"{keys.CLIENT_BYTES_PREFIX}{kind}"] = float(nbytes)
     timeline = ledger.record_for_reply() if isinstance(ledger, TimelineLedger) else None
-    return reply_content(update, metrics, timeline)
+    return reply_content(encode_update(update, cfg.federation.params_wire, received), metrics, timeline)
 
 
 def handle_hello(pid: int, num_partitions: int) -> RecordDict:

@@ -13,6 +13,7 @@ from fedft import keys
 from fedft.accounting import CommLedger, Direction, Kind, Phase
 from fedft.config import ExperimentConfig, OutputConfig, to_toml
 from fedft.federated.aggregation import Update
+from fedft.federated.update_codec import encode_update
 
 
 def to_arrays(update: Update) -> ArrayRecord:
@@ -27,7 +28,8 @@ def train_content(update: Update, cfg: ExperimentConfig, round: int, extra: dict
     """The content of a train message: global client-side state and the round's configuration."""
     client_cfg = cfg.replace(output=OutputConfig())  # where the server writes is none of the client's business
     config = ConfigRecord({keys.SERVER_ROUND: round, keys.RUN_CONFIG_TOML: to_toml(client_cfg), **extra})
-    return RecordDict({keys.ARRAYS: to_arrays(update), keys.CONFIG: config})
+    wire = encode_update(update, cfg.federation.params_wire)  # absolute values (docs/wire.md)
+    return RecordDict({keys.ARRAYS: to_arrays(wire), keys.CONFIG: config})
 
 
 def reply_content(update: Update, metrics: dict[str, float], timeline: MetricRecord | None = None) -> RecordDict:

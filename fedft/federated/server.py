@@ -31,6 +31,7 @@ from fedft.federated.checkpoint import Checkpoint
 from fedft.federated.client import partitions_for, split_parts, strategy_for
 from fedft.federated.payload import check_upload, download, extra_buffers, receive
 from fedft.federated.records import train_content
+from fedft.federated.update_codec import decode_reply
 from fedft.flops import FlopsMeter
 from fedft.gen_eval import GenerativeEval
 from fedft.methods.base import state_tensors
@@ -41,6 +42,7 @@ from fedft.resources.clock import BodyCost, RoundClock
 from fedft.resources.timeline import Timeline
 from fedft.split import SplitSpec
 from fedft.split.cuts import CutNames, body_flops, check_supported, cut_bodies
+from fedft.split.served import served
 from fedft.train import EvalResult, evaluate, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -128,7 +130,7 @@ class ServerRuntime:
     # ---- body service --------------------------------------------------------------------------
 
     def start_body_service(self, host: str = "127.0.0.1", port: int = 0,
-                           tls: tuple[bytes, bytes] | None = None) -> None:
+                           tls: tuple[bytes, bytes] | None = None, limits: Any = None) -> None:
         """Serve the body (split strategies only); frozen for SFPrompt, trainable for SL/SFL."""
         if self.parts is None:
             return
@@ -147,6 +149,7 @@ class ServerRuntime:
             make_optimizer=None if self.strategy.body_mode == "frozen" else make_opt,
             host=host, port=port, tls=tls, max_workers=max(8, self.cfg.partition.num_clients),
             cuts=cut_bodies(self.model, self.parts.spec),  # each client's Open names its cut
+            limits=limits,  # fedft.body.limits.BodyLimits (deploy.body_max_*); None: its [D] defaults
         )
         if self.cut_names is not None:  # freezing the service's own body froze blocks clients train
             self.cut_names.apply(self.model)
@@ -224,7 +227,8 @@ class ServerRuntime:
         if res.error is None and res.update is not None:
             allowed = (self.allowed if self.cut_names is None
                        else self.cut_names.allowed(res.pid, extra_buffers(self.model)))
-            res.error = check_upload(res.update, self.model, allowed)
+            res.error = (decode_reply(res, self.cfg.federation.params_wire, self.global_update)  # deltas -> values
+                         or check_upload(res.update, self.model, allowed))
         if res.error is None and not res.metrics.get(keys.NUM_EXAMPLES, 0) > 0:
             res.error = f"reply has no positive {keys.NUM_EXAMPLES}"
         if res.error is not None:
@@ -324,7 +328,8 @@ class ServerRuntime:
         """Global client-side state + the server's body on the validation split (None without
         one) or, once per run, on the test split."""
         data = self.val if split == "val" else self.test
-        return None if data is None else evaluate(self.model, data, self.cfg.train.eval_batch_size)
+        model = served(self.model, self.parts, self.cfg.split.wire_dtype)  # split: over its wire
+        return None if data is None else evaluate(model, data, self.cfg.train.eval_batch_size)
 
     def generative_score(self) -> float | None:
         """The ``[generate]`` evaluation of the global model (None when it is off)."""
