@@ -226,8 +226,19 @@ def resources_studies(results: Path) -> Iterator[tuple[str, str]]:
             yield "resources.md", line
 
 
+def wire_study(results: Path) -> Iterator[tuple[str, str]]:
+    """wire.md's tables and verdict, rebuilt from the wire study's cells (no plot or CSV written)."""
+    if not (results / "wire/vision").is_dir():
+        return
+    if str(ROOT / "experiments") not in sys.path:
+        sys.path.insert(0, str(ROOT / "experiments"))
+    for line in _script("wire_report").build(results / "wire", artifacts=False).splitlines():
+        if line.startswith(("|", "- **Numbers", "- **Verdict", "Check:")):
+            yield "wire.md", line
+
+
 CHECKS: list[Check] = [main_job, paper_full, strategy_compare, overhead, privacy, lm_runs, peft_unit_tests, llm_data,
-                       llm_data_studies, llm_decoding_studies, resources_studies]
+                       llm_data_studies, llm_decoding_studies, resources_studies, wire_study]
 
 
 def mismatches(results: Path = RESULTS, reports: Path = REPORTS) -> list[str]:

@@ -513,3 +513,12 @@ def test_tls_round_trip_and_plaintext_refused(serve):
     with pytest.raises(BodyServiceError) as e:
         transport(handle, timeout_s=2).open()
     assert e.value.code is grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_session_between_forward_and_backward_gets_twice_the_ttl(serve):
+    handle = serve("frozen", session_ttl_s=30.0)
+    with transport(handle) as tr:
+        tr.forward(torch.randn(B, T, D), None)  # pending: the client computes its tail
+        now = time.monotonic()
+        assert handle.service.reap_expired(now + 45.0) == 0  # an idle session would be gone
+        assert handle.service.reap_expired(now + 61.0) == 1

@@ -64,7 +64,8 @@ def test_deployment_matches_inprocess_and_refuses_unknown_supernode(testbed, tmp
     assert {k: got.get(k) for k in COMPARED} == {k: want.get(k) for k in COMPARED}
     assert got["activations_up"] > 0 and got["params_up"] > 0
     assert abs(d.summary["final_accuracy"] - ref["final_accuracy"]) <= 1e-6
-    assert abs(d.summary["final_loss"] - ref["final_loss"]) <= 1e-6
+    # the same numbers up to float32 rounding: two processes' kernels need not sum in one order
+    assert d.summary["final_loss"] == pytest.approx(ref["final_loss"], rel=1e-5, abs=1e-6)
     rows = list(csv.DictReader(open(tmp_path / "deploy-run" / "metrics.csv")))
     assert [int(r["clients"]) for r in rows] == [3, 3] and all(int(r["failed"]) == 0 for r in rows)
 

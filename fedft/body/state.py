@@ -266,11 +266,12 @@ class BodyState:
             return len(self._sessions)
 
     def reap_expired(self, now: float | None = None) -> int:
-        """Free the sessions idle for longer than the TTL; return how many."""
+        """Free the sessions idle for longer than the TTL, or twice the TTL between a Forward and
+        its Backward (the client computes its tail; a slow one must not lose its step)."""
         now = time.monotonic() if now is None else now
         with self._lock:
             dead = [s for s in self._sessions.values()
-                    if s.busy == 0 and now - s.last_used > self.session_ttl_s]
+                    if s.busy == 0 and now - s.last_used > self.session_ttl_s * (2 if s.pending else 1)]
             for s in dead:
                 del self._sessions[s.id]
         for s in dead:  # no call is inside these sessions and none can enter any more
