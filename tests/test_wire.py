@@ -136,7 +136,7 @@ def test_open_carries_the_gradient_format_and_feedback_only_when_they_differ():
     assert "grad_wire" not in plain and "feedback" not in plain
     spec = SessionSpec("c", 0, "split", "int8", T, D, B, grad_wire="topk", feedback=True)
     back = SessionSpec.from_json(spec.to_json(), 2**30)
-    assert back.grad_format.kind == "topk" and back.feedback and back.act_format.kind == "int8"
+    assert back.formats.grad_format.kind == "topk" and back.feedback and back.formats.act_format.kind == "int8"
 
 
 TINY = ["model.name=tiny-vit", "data.name=synthetic-images", "data.image_size=16", "data.train_size=32",

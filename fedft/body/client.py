@@ -162,7 +162,7 @@ class GrpcTransport:
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Send the head output (and the (B, T) mask); return the body output."""
-        request = codec.encode_many([h] if mask is None else [h, mask], self.wire.act)
+        request = codec.encode_many([h] if mask is None else [h, mask], self.wire.act_format)
         reply = self._step(keys.BODY_FORWARD, request, Kind.ACTIVATIONS_UP, Kind.ACTIVATIONS_DOWN)
         return _decode_like(reply, h)
 

@@ -97,7 +97,7 @@ class BodyService(BodyState):
                     z = self._eval_forward(s, h, mask, is_active)
                 else:
                     z = self._train_forward(s, h, mask, is_active)
-                reply = codec.encode(z, spec.act_format)
+                reply = codec.encode(z, spec.formats.act_format)
         finally:
             self._leave(s)
         self._record(spec, Kind.ACTIVATIONS_UP, len(payload))
@@ -134,7 +134,7 @@ class BodyService(BodyState):
                     raise ServiceError("FAILED_PRECONDITION",
                                        f"Backward before Forward in session {sid}")
                 cap = codec.frame_nbytes(s.out_shape, torch.float32)  # decoded size: any format
-                wire_cap = max(cap, spec.grad_format.frame_nbytes(s.out_shape))  # int4/top-k may be longer
+                wire_cap = max(cap, spec.formats.grad_format.frame_nbytes(s.out_shape))  # int4/top-k may be longer
                 if len(payload) > wire_cap:
                     raise invalid(f"Backward request of {len(payload)} bytes exceeds {wire_cap} bytes")
                 g = check_grad(_decode(payload, cap), spec, s.out_shape)

@@ -12,6 +12,7 @@ and :func:`check_wire_dtype` is the one check of a wire dtype name. A refused re
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from torch import nn
 from fedft import keys
 from fedft.accounting import Phase
 from fedft.body import codec
-from fedft.body.codec import Frame, WireDtype, WireFormat, check_wire_dtype, wire_format
+from fedft.body.codec import Frame, WireDtype, WireFormat, check_wire_dtype
+from fedft.body.wire import Wire
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -135,13 +137,10 @@ class SessionSpec:
                           f"{max_message_bytes}")
         return spec
 
-    @property
-    def act_format(self) -> WireFormat:
-        return wire_format(self.wire)
-
-    @property
-    def grad_format(self) -> WireFormat:
-        return wire_format(self.wire if self.grad_wire is None else self.grad_wire)
+    @functools.cached_property
+    def formats(self) -> Wire:
+        """The negotiated formats (parsed once per session: every Forward and Backward checks them)."""
+        return Wire(self.wire, self.grad_wire, self.feedback)
 
     @property
     def max_request_bytes(self) -> int:
@@ -150,7 +149,7 @@ class SessionSpec:
         with groups wider than ``D`` and top-k keeping most of a row outgrow float32 on the
         wire, never once decoded), plus an int64 mask frame."""
         shape = (self.max_batch, self.T, self.D)
-        return (max(codec.frame_nbytes(shape, torch.float32), self.act_format.frame_nbytes(shape))
+        return (max(codec.frame_nbytes(shape, torch.float32), self.formats.act_format.frame_nbytes(shape))
                 + codec.frame_nbytes((self.max_batch, self.T), torch.int64))
 
 
@@ -200,7 +199,7 @@ def check_forward(
     be shorter than the negotiated ``T`` (language-model batches are padded per batch)."""
     if len(frames) not in (1, 2):
         raise invalid(f"Forward takes 1 or 2 frames (h [, mask]), got {len(frames)}")
-    h = _check_format(frames[0], spec.act_format, "h")
+    h = _check_format(frames[0], spec.formats.act_format, "h")
     shape = tuple(h.shape)
     if len(shape) != 3 or not (1 <= shape[0] <= spec.max_batch and 1 <= shape[1] <= spec.T) or shape[2] != spec.D:
         raise invalid(f"h has shape {shape}, expected (B <= {spec.max_batch}, T <= {spec.T}, {spec.D})")
@@ -224,7 +223,7 @@ def check_grad(
     """Check a Backward request: one frame shaped like the last Forward output."""
     if len(frames) != 1:
         raise invalid(f"Backward takes 1 frame (grad), got {len(frames)}")
-    g = _check_format(frames[0], spec.grad_format, "grad")
+    g = _check_format(frames[0], spec.formats.grad_format, "grad")
     if tuple(g.shape) != out_shape:
         raise invalid(f"grad has shape {tuple(g.shape)}, the last Forward output was {out_shape}")
     if not _finite(g):

@@ -101,7 +101,7 @@ class Session:
         self.out_shape: tuple[int, ...] = ()
         self.steps = 0
         self.requests = 0  # Forward + Backward calls, capped by BodyLimits.max_requests_per_session
-        self.grads = ErrorFeedback(spec.grad_format, spec.feedback)  # encodes the gradients sent down
+        self.grads = ErrorFeedback(spec.formats.grad_format, spec.feedback)  # encodes the gradients sent down
         self._state = threading.Lock()  # makes begin_step / end_step / free atomic
         self._pending = False  # a Forward whose Backward has not come yet; owns the replica
         self._closed = False

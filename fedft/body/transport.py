@@ -105,10 +105,10 @@ class LoopbackTransport:
         return codec.decode_many(msg)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        msg = codec.encode_many([h] if mask is None else [h, mask], self.wire.act)
+        msg = codec.encode_many([h] if mask is None else [h, mask], self.wire.act_format)
         recv = self._send(Kind.ACTIVATIONS_UP, msg)
         z = self.session.forward(recv[0], recv[1] if len(recv) > 1 else None)
-        return self._send(Kind.ACTIVATIONS_DOWN, codec.encode(z, self.wire.act))[0].to(h.dtype)
+        return self._send(Kind.ACTIVATIONS_DOWN, codec.encode(z, self.wire.act_format))[0].to(h.dtype)
 
     def backward(self, grad: torch.Tensor) -> torch.Tensor:
         (g_z,) = self._send(Kind.GRADS_UP, self._grads_up.encode(grad))

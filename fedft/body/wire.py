@@ -12,6 +12,7 @@ rounding step.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,11 +43,11 @@ class Wire:
         """The wire of a ``[split]`` config (``wire_dtype``, ``grad_wire_dtype``, ``error_feedback``)."""
         return cls(split.wire_dtype, split.grad_wire_dtype or None, bool(split.error_feedback))
 
-    @property
+    @functools.cached_property
     def act_format(self) -> WireFormat:
         return wire_format(self.act)
 
-    @property
+    @functools.cached_property
     def grad_format(self) -> WireFormat:
         return wire_format(self.act if self.grad is None else self.grad)
 
